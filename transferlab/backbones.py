@@ -114,7 +114,7 @@ class GroupedNet(nn.Module):
 def _timm_efficientnet(m: nn.Module) -> GroupedNet:
     stages = {"stem": nn.Sequential(m.conv_stem, m.bn1)}
     stages |= {f"stage{i}": blk for i, blk in enumerate(m.blocks)}
-    stages["head"] = nn.Sequential(m.conv_head, m.bn2)
+    stages["final"] = nn.Sequential(m.conv_head, m.bn2)
     return GroupedNet(stages, m.global_pool, nn.Sequential(m.global_pool, m.classifier), m.num_features)
 
 
@@ -122,7 +122,7 @@ def _timm_mobilenetv3(m: nn.Module) -> GroupedNet:
     stages = {"stem": nn.Sequential(m.conv_stem, m.bn1)}
     stages |= {f"stage{i}": blk for i, blk in enumerate(m.blocks)}
     # MobileNetV3 pools before its head conv, so the last stage ends in a vector.
-    stages["head"] = nn.Sequential(m.global_pool, m.conv_head, m.norm_head, m.act2, m.flatten)
+    stages["final"] = nn.Sequential(m.global_pool, m.conv_head, m.norm_head, m.act2, m.flatten)
     return GroupedNet(stages, nn.Identity(), m.classifier, m.head_hidden_size)
 
 
@@ -162,7 +162,7 @@ def _tv_features_net(m: nn.Module) -> GroupedNet:
     feats = list(m.features)
     stages = {"stem": feats[0]}
     stages |= {f"stage{i}": f for i, f in enumerate(feats[1:-1])}
-    stages["head"] = feats[-1]
+    stages["final"] = feats[-1]
     pool = nn.Sequential(m.avgpool, nn.Flatten(1))
     width = [c for c in feats[-1].modules() if isinstance(c, nn.Conv2d)][-1].out_channels
     return GroupedNet(stages, pool, nn.Sequential(pool, m.classifier), width)

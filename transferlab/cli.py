@@ -91,6 +91,82 @@ def _data(args: argparse.Namespace) -> None:
     out.print(f"fingerprint: {ds.fingerprint}")
 
 
+def _experiment(args: argparse.Namespace, strategies: list[str]):
+    from .experiment import Experiment
+    from .training import TrainConfig
+
+    config = TrainConfig(backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
+                         augment=not args.no_augment, views=args.views, max_epochs=args.max_epochs,
+                         patience=args.patience, probe_model=args.probe_model, discriminative=args.discriminative,
+                         prefix_cache=not args.no_prefix_cache, device=args.device, fp32=args.fp32)
+    return Experiment(args.data, strategies, seeds=args.seeds, split_seed=args.split_seed, config=config,
+                      strict=args.strict)
+
+
+def _print_summary(metrics: dict, out_dir) -> None:
+    table = Table(title=f"results ({out_dir})")
+    for col in ("strategy", "test accuracy", "val accuracy", "epochs", "train seconds"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for name, s in metrics["summary"].items():
+        ci = f" ± {s['test_acc_ci95']:.1%}" if s["seeds"] > 1 else ""
+        mark = " *" if name == metrics["winner"] else ""
+        table.add_row(name + mark, f"{s['test_acc']:.1%}{ci}", f"{s['val_acc']:.1%}", f"{s['epochs']:.0f}",
+                      f"{s['seconds']:.1f}")
+    out.print(table)
+    out.print(f"winner: [bold]{metrics['winner']}[/bold]")
+
+
+def _default_out(data: str, what: str) -> str:
+    from pathlib import Path
+
+    stem = Path(str(data).rstrip("/")).name.replace(":", "-") or "data"
+    return str(Path("runs") / f"{stem}-{what}")
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> None:
+    from .experiment import run_experiment
+
+    exp = _experiment(args, [args.strategy])
+    out_dir = args.out or _default_out(args.data, args.strategy)
+    metrics = run_experiment(exp, out_dir, resume=args.resume, quiet=args.quiet)
+    _print_summary(metrics, out_dir)
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> None:
+    from .experiment import run_experiment
+
+    exp = _experiment(args, [s.strip() for s in args.strategies.split(",") if s.strip()])
+    out_dir = args.out or _default_out(args.data, "compare")
+    metrics = run_experiment(exp, out_dir, resume=args.resume, quiet=args.quiet)
+    _print_summary(metrics, out_dir)
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    from .backbones import DEFAULT_BACKBONE
+
+    p.add_argument("--data", required=True, help="digits, flowers17[:k], or a folder")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--out", help="results directory (default runs/<data>-<what>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (0..N-1)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    p.add_argument("--image-size", type=int, help="input size instead of the backbone's own")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-epochs", type=int, help="cap on the epochs of every phase")
+    p.add_argument("--patience", type=int, help="cap on the early-stopping patience of every phase")
+    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument("--views", type=int, default=4, help="cached augmented views per image for frozen prefixes")
+    p.add_argument("--probe-model", choices=["logreg", "svm"], default="logreg")
+    p.add_argument("--discriminative", action="store_true", help="gradual: lower rates for lower groups")
+    p.add_argument("--no-prefix-cache", action="store_true", help="always run the whole backbone")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferlab", description="Transfer learning for image classification.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--strict", action="store_true", help="unreadable images are an error")
     d.add_argument("--json", action="store_true")
+
+    from .strategies import list_strategies
+
+    t = sub.add_parser("train", help="train one strategy (one seed by default)")
+    _training_args(t)
+    t.add_argument("--strategy", default="finetune", choices=list_strategies())
+
+    from .experiment import DEFAULT_STRATEGIES
+
+    cp = sub.add_parser("compare", help="train several strategies on the same splits and compare them")
+    _training_args(cp)
+    cp.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                    help=f"comma-separated, from: {', '.join(list_strategies())}")
     return p
 
 

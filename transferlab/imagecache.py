@@ -127,3 +127,15 @@ def train_batch(images: np.ndarray, data_config: dict[str, Any], generator: torc
             crop = crop.flip(-1)
         out[i] = crop[0]
     return _normalise(out.clamp_(0, 255), data_config)
+
+
+def view_batch(images: np.ndarray, indices: np.ndarray, view: int, data_config: dict[str, Any],
+               seed: int = 0) -> torch.Tensor:
+    """View ``view`` of each image: 0 is the evaluation centre crop, ``v > 0`` a random crop + flip
+    that depends only on (seed, image index, v), so cached views are the same in any batch or split."""
+    if view == 0:
+        return eval_batch(images, data_config)
+    return torch.cat([
+        train_batch(images[k:k + 1], data_config, torch.Generator().manual_seed(hash((seed, int(i), view)) % 2**62))
+        for k, i in enumerate(indices)
+    ])

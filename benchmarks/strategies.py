@@ -1,0 +1,211 @@
+"""Every strategy with efficientnet_lite0: transferlab vs the textbook PyTorch loop, in one run.
+
+    python benchmarks/strategies.py --data ../shared/datasets/hymenoptera [--strategies ...]
+
+Data: ``train/`` is split 80/20 (stratified, seed 0) into training and validation; ``val/`` is
+the test set. Both sides use the same model, the same phases (learning rates, epochs, patience,
+early stopping on validation loss with best-weights restore) and the same augmentation (random
+resized crop + flip).
+
+The naive reference is the loop a tutorial writes: a Dataset that opens and decodes each JPEG every
+epoch with torchvision transforms, a DataLoader, fp32 in the default memory format, and the whole
+backbone run forward every step, frozen or not. transferlab runs cold: a fresh cache folder per
+strategy, so its times include decoding the images and extracting features.
+
+Printed: per strategy, test accuracy, epochs, wall seconds for both, and the speed-up (total time to
+the result; for finetune also the median epoch time of the whole-model phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from transferlab.backbones import create_backbone
+from transferlab.data import load_dataset, stratified_split
+from transferlab.engine import freeze, set_train_mode
+from transferlab.heads import LINEAR_HEAD, HeadSpec, TransferModel
+from transferlab.strategies import build_strategy
+from transferlab.training import TrainConfig, prepare, train_one
+
+# ---------------------------------------------------------------------------------------------
+# The naive reference
+
+
+class FilesDataset(Dataset):
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB")), int(self.labels[i])
+
+
+def naive_loaders(ds, splits, cfg, batch_size=32):
+    size = cfg["input_size"][-1]
+    norm = T.Normalize(cfg["mean"], cfg["std"])
+    interp = T.InterpolationMode(cfg["interpolation"])
+    train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+                          T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    eval_tf = T.Compose([T.Resize(int(size / cfg["crop_pct"]), interpolation=interp), T.CenterCrop(size),
+                         T.ToTensor(), norm])
+
+    def make(idx, tf, shuffle):
+        return DataLoader(FilesDataset([ds.paths[i] for i in idx], ds.labels[idx], tf), batch_size=batch_size,
+                          shuffle=shuffle)
+
+    return make(splits["train"], train_tf, True), make(splits["val"], eval_tf, False), \
+        make(splits["test"], eval_tf, False)
+
+
+@torch.no_grad()
+def naive_eval(model, loader):
+    model.eval()
+    losses, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        out = model(x)
+        losses += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    return losses / n, correct / n
+
+
+def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
+    """The textbook loop, phase by phase; returns test accuracy, epochs, seconds, per-epoch times."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    probe_bb = create_backbone(config.backbone, pretrained=False)
+    strategy = build_strategy(strategy_name, [g.name for g in probe_bb.groups], config.options())
+    bb = create_backbone(config.backbone, pretrained=strategy.pretrained) if strategy.pretrained else probe_bb
+    torch.manual_seed(seed)
+    model = TransferModel(bb, len(ds.classes), LINEAR_HEAD if strategy.linear_head else
+                          HeadSpec(config.head_hidden, config.dropout))
+    train, val, test = naive_loaders(ds, splits, bb.data_config, config.batch_size)
+    epochs, epoch_times = 0, {}
+    for phase in strategy.phases:
+        frozen = freeze(model, bb.groups, phase.trainable)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
+        best, best_state, bad = float("inf"), None, 0
+        for _ in range(phase.max_epochs):
+            te = time.perf_counter()
+            set_train_mode(model, frozen, True)
+            for x, y in train:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            val_loss, _ = naive_eval(model, val)
+            epoch_times.setdefault(phase.name, []).append(time.perf_counter() - te)
+            epochs += 1
+            if val_loss < best - 1e-6:
+                best, bad = val_loss, 0
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= phase.patience:
+                    break
+        model.load_state_dict(best_state)
+    _, acc = naive_eval(model, test)
+    return acc, epochs, time.perf_counter() - t0, epoch_times
+
+
+def naive_probe(ds, splits, config: TrainConfig):
+    """Off-the-shelf features computed image by image from JPEG, then the same CV'd logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    bb = create_backbone(config.backbone)
+    model = TransferModel(bb, len(ds.classes)).eval()
+    _, _, test = naive_loaders(ds, splits, bb.data_config)
+    eval_train = naive_loaders(ds, {"train": splits["train"], "val": splits["train"], "test": splits["test"]},
+                               bb.data_config)[1]
+
+    @torch.no_grad()
+    def feats(loader):
+        xs, ys = zip(*[(model.features(x).numpy(), y.numpy()) for x, y in loader])
+        return np.concatenate(xs), np.concatenate(ys)
+
+    xtr, ytr = feats(eval_train)
+    xte, yte = feats(test)
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                          {"logisticregression__C": np.logspace(-4, 2, 7)}, cv=StratifiedKFold(5, shuffle=True,
+                                                                                               random_state=0))
+    search.fit(xtr, ytr)
+    return float((search.predict(xte) == yte).mean()), 1, time.perf_counter() - t0, {}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def ours(strategy_name, ds, splits, config: TrainConfig, seed=0):
+    with tempfile.TemporaryDirectory(prefix="tl-bench-") as home:
+        os.environ["TRANSFERLAB_HOME"] = home
+        t0 = time.perf_counter()
+        prep = prepare(ds, splits, config, quiet=True)
+        result = train_one(prep, config, strategy_name, seed, Path(home) / "run", quiet=True)
+        seconds = time.perf_counter() - t0
+    epoch_times: dict[str, list[float]] = {}
+    for h in result.history:
+        epoch_times.setdefault(h["phase"], []).append(h["seconds"])
+    return result.test_acc, result.epochs, seconds, epoch_times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--strategies", default="features,probe,finetune,chain-thaw,scratch")
+    ap.add_argument("--naive", default="features,probe,finetune,chain-thaw",
+                    help="strategies to also run with the naive loop")
+    ap.add_argument("--max-epochs", type=int)
+    args = ap.parse_args()
+
+    os.environ.setdefault("TRANSFERLAB_HOME", tempfile.mkdtemp(prefix="tl-bench-"))
+    ds = load_dataset(args.data)
+    splits = {"test": ds.splits["val"],
+              **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}
+    config = TrainConfig(max_epochs=args.max_epochs)
+    print(f"{args.data}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    for name in args.strategies.split(","):
+        acc, ep, sec, times = ours(name, ds, splits, config)
+        row = {"strategy": name, "acc": acc, "epochs": ep, "sec": sec, "times": times}
+        print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s", flush=True)
+        if name in args.naive.split(","):
+            run = naive_probe if name == "probe" else lambda ds, sp, cfg, n=name: naive_run(n, ds, sp, cfg)
+            nacc, nep, nsec, ntimes = run(ds, splits, config)
+            row |= {"n_acc": nacc, "n_epochs": nep, "n_sec": nsec, "n_times": ntimes}
+            print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s", flush=True)
+        rows.append(row)
+
+    print()
+    print("| strategy | test acc | epochs | seconds | naive test acc | naive epochs | naive seconds | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        naive = [f"{r['n_acc']:.1%}", str(r["n_epochs"]), f"{r['n_sec']:.0f}", f"{r['n_sec'] / r['sec']:.1f}x"] \
+            if "n_acc" in r else ["-"] * 4
+        print(f"| {r['strategy']} | {r['acc']:.1%} | {r['epochs']} | {r['sec']:.0f} | " + " | ".join(naive) + " |")
+    for r in rows:
+        if r["strategy"] == "finetune" and "n_times" in r and "all" in r["times"]:
+            a, b = statistics.median(r["times"]["all"]), statistics.median(r["n_times"]["all"])
+            print(f"\nfinetune, whole-model phase, median epoch: ours {a:.1f}s, naive {b:.1f}s: {b / a:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
