@@ -98,10 +98,11 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
     for phase in strategy.phases:
         frozen = freeze(model, bb.groups, phase.trainable)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
-        best, best_state, bad = float("inf"), None, 0
+        # The same method as transferlab: the starting weights are a candidate for "best".
+        best, best_state, bad = naive_eval(model, val)[0], {k: v.clone() for k, v in model.state_dict().items()}, 0
         for _ in range(phase.max_epochs):
             te = time.perf_counter()
-            set_train_mode(model, frozen, True)
+            set_train_mode(model, frozen, True, phase.bn_eval)
             for x, y in train:
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad()

@@ -157,7 +157,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=int, help="cap on the epochs of every phase")
     p.add_argument("--patience", type=int, help="cap on the early-stopping patience of every phase")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
-    p.add_argument("--views", type=int, default=4, help="cached augmented views per image for frozen prefixes")
+    p.add_argument("--views", type=int, default=3, help="cached augmented views per image for frozen prefixes")
     p.add_argument("--probe-model", choices=["logreg", "svm"], default="logreg")
     p.add_argument("--discriminative", action="store_true", help="gradual: lower rates for lower groups")
     p.add_argument("--no-prefix-cache", action="store_true", help="always run the whole backbone")

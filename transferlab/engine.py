@@ -120,12 +120,18 @@ def freeze(model: TransferModel, groups: list[LayerGroup], trainable: tuple[str,
     return frozen
 
 
-def set_train_mode(model: nn.Module, frozen: list[nn.Module], frozen_bn_eval: bool) -> None:
-    """Training mode, except frozen parts stay in eval mode (BatchNorm statistics untouched)."""
+def set_train_mode(model: nn.Module, frozen: list[nn.Module], frozen_bn_eval: bool = True,
+                   bn_eval: bool = False) -> None:
+    """Training mode, except frozen parts stay in eval mode (BatchNorm statistics untouched), and
+    with ``bn_eval`` every BatchNorm uses its stored statistics."""
     model.train()
     if frozen_bn_eval:
         for m in frozen:
             m.eval()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _adam(params: list[dict], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -185,7 +191,7 @@ class PhaseResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_loss: float = math.inf
     best_val_acc: float = 0.0
-    best_epoch: int = -1
+    best_epoch: int = -1  # 0: the starting weights were best
     stopped_early: bool = False
 
 
@@ -210,12 +216,16 @@ def fit_phase(model: TransferModel, groups: list[LayerGroup], phase: Phase, trai
     """
     frozen = freeze(model, groups, phase.trainable)
     optimizer = make_optimizer(model, groups, phase)
-    result, best_state, bad_epochs, start = PhaseResult(), None, 0, 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         result = PhaseResult(resume["history"], resume["best_val_loss"], resume["best_val_acc"],
                              resume["best_epoch"])
         best_state, bad_epochs, start = resume["best_state"], resume["bad_epochs"], resume["epoch"] + 1
+    else:
+        # The starting weights are a candidate too: a step that only makes validation worse
+        # (common in chain-thaw) is undone rather than passed on to the next step.
+        val_loss, val_acc = evaluate(model, val, precision)
+        result, best_state, bad_epochs, start = PhaseResult([], val_loss, val_acc, 0), _trainable_state(model), 0, 0
 
     with progress_bar(f"{phase.name:>14s}", phase.max_epochs, quiet, status=True) as bar:
         bar.advance(start)
@@ -226,7 +236,7 @@ def fit_phase(model: TransferModel, groups: list[LayerGroup], phase: Phase, trai
             seed_e = epoch_seed(seed, phase_index, epoch)
             torch.manual_seed(seed_e)  # dropout
             generator = torch.Generator().manual_seed(seed_e)  # order and augmentation
-            set_train_mode(model, frozen, phase.frozen_bn_eval)
+            set_train_mode(model, frozen, phase.frozen_bn_eval, phase.bn_eval)
             total, count = 0.0, 0
             for x, y in train.batches(generator):
                 with precision.autocast():

@@ -35,6 +35,10 @@ class Phase:
         max_epochs: cap on epochs.
         patience: stop after this many epochs without a lower validation loss.
         frozen_bn_eval: keep BatchNorm of frozen parts in eval mode (statistics untouched).
+        bn_eval: keep *every* BatchNorm in eval mode, trainable parts included. Pretrained
+            statistics are better estimates than those of small batches of a small dataset, and
+            batch statistics of a thawed group shift everything above it (Keras' transfer-learning
+            guide recommends the same); scratch training needs them to learn.
         kind: ``torch`` (the engine's loop) or ``probe`` (a scikit-learn model on features).
         options: extra settings of the kind (e.g. the probe's classifier).
     """
@@ -48,6 +52,7 @@ class Phase:
     max_epochs: int = 30
     patience: int = 5
     frozen_bn_eval: bool = True
+    bn_eval: bool = True
     kind: str = "torch"
     options: dict = field(default_factory=dict)
 
@@ -102,7 +107,8 @@ def _head_phase(o: StrategyOptions) -> Phase:
 @STRATEGIES.register("scratch")
 def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
     """Random initialisation, everything trainable (the baseline transfer must beat)."""
-    phase = Phase("all", (*groups, HEAD), lr=o.head_lr, max_epochs=o.scratch_epochs, patience=o.scratch_patience)
+    phase = Phase("all", (*groups, HEAD), lr=o.head_lr, max_epochs=o.scratch_epochs, patience=o.scratch_patience,
+                  bn_eval=False)
     return Strategy("scratch", pretrained=False, phases=[phase])
 
 

@@ -39,7 +39,7 @@ class TrainConfig:
     image_size: int | None = None
     batch_size: int = 32
     augment: bool = True
-    views: int = 4  # cached views per image for phases with a frozen prefix (the first is the centre crop)
+    views: int = 3  # cached views per image for phases with a frozen prefix (the first is the centre crop)
     head_hidden: tuple[int, ...] = (256, 256)
     dropout: float = 0.3
     max_epochs: int | None = None

@@ -1,0 +1,185 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_class_folders
+
+from transferlab.backbones import create_backbone
+from transferlab.data import load_dataset, make_splits
+from transferlab.engine import TensorBatches, fit_phase
+from transferlab.heads import HeadSpec, TransferModel
+from transferlab.runtime import Precision
+from transferlab.strategies import Phase, build_strategy
+from transferlab.training import TrainConfig, prepare, train_one
+
+# test_tiny (conftest) stands in for a pretrained backbone so the engine tests take seconds.
+SMALL = TrainConfig(backbone="test_tiny", max_epochs=20, patience=3, views=2, head_hidden=(32,), batch_size=8)
+CPU = Precision.choose("cpu")
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    root = make_class_folders(tmp_path_factory.mktemp("easy") / "data", n_per_class=15, n_classes=3)
+    ds = load_dataset(root)
+    return ds, make_splits(ds, seed=0)
+
+
+@pytest.mark.parametrize("strategy", ["features", "probe", "finetune", "chain-thaw", "gradual", "scratch"])
+def test_every_strategy_learns_an_easy_task(easy, tmp_path, strategy):
+    ds, splits = easy
+    result = train_one(prepare(ds, splits, SMALL, quiet=True), SMALL, strategy, 0, tmp_path / "run", quiet=True)
+    assert result.test_acc >= 0.75, f"{strategy}: {result.test_acc:.2f} (chance is 0.33)"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("strategy", ["features", "probe"])
+def test_pretrained_lite0_transfers(easy, tmp_path, strategy):
+    ds, splits = easy
+    config = TrainConfig(image_size=32, max_epochs=30, views=2, head_hidden=(32,), batch_size=16)
+    result = train_one(prepare(ds, splits, config, quiet=True), config, strategy, 0, tmp_path / "run", quiet=True)
+    assert result.test_acc >= 0.75, f"{strategy}: {result.test_acc:.2f} (chance is 0.33)"
+
+
+def test_chain_thaw_is_head_then_each_group_then_all():
+    groups = [g.name for g in create_backbone("efficientnet_lite0", pretrained=False).groups]
+    phases = build_strategy("chain-thaw", groups).phases
+    assert [p.trainable for p in phases] == [("head",), *[(g,) for g in groups], (*groups, "head")]
+    assert phases[0].lr > phases[1].lr == phases[-1].lr
+
+
+def test_frozen_groups_stay_bit_identical(easy):
+    ds, splits = easy
+    prep = prepare(ds, splits, SMALL, quiet=True)
+    bb = create_backbone("test_tiny")
+    model = TransferModel(bb, 3, HeadSpec((16,)))
+    from transferlab.engine import ImageBatches
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    thawed = bb.groups[2].name
+    train = ImageBatches(prep.cache, splits["train"], ds.labels, prep.data_config, 8)
+    val = ImageBatches(prep.cache, splits["val"], ds.labels, prep.data_config, 8, augment=False)
+    # bn_eval=False: the thawed group's BatchNorm learns statistics; the frozen ones must not.
+    phase = Phase("one", (thawed,), lr=1e-2, max_epochs=2, patience=5, bn_eval=False)
+    fit_phase(model, bb.groups, phase, train, val, CPU, quiet=True)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    prefix = "body.stages.2."
+    assert any(k.endswith("running_mean") for k in changed), "the thawed group's BatchNorm did not update"
+    assert any(k.endswith("weight") for k in changed), "the thawed group did not train"
+    assert all(k.startswith(prefix) for k in changed), sorted(changed)
+
+
+def test_early_stopping_when_validation_loss_rises():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+    # Validation labels are the opposite rule: the better the fit, the higher the validation loss.
+    train = TensorBatches(x[None], y, level=1, batch_size=16)
+    val = TensorBatches(x[None, :32], 1 - y[:32], level=1, batch_size=16)
+
+    class Tiny(torch.nn.Module):
+        pooled_level = 1
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Linear(8, 2))
+
+        def forward(self, x, level=0):
+            return self.head(x)
+
+    model = Tiny()
+    result = fit_phase(model, [], Phase("head", ("head",), lr=0.05, max_epochs=50, patience=3), train, val, CPU,
+                       quiet=True)
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 3 < 50
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_val_loss <= min(losses)  # the starting weights (epoch 0) count too
+    # The best weights are back: validation loss now equals the best one.
+    from transferlab.engine import evaluate
+
+    assert evaluate(model, val, CPU)[0] == pytest.approx(result.best_val_loss, abs=1e-6)
+
+
+def test_same_seed_same_history(easy, tmp_path):
+    ds, splits = easy
+    prep = prepare(ds, splits, SMALL, quiet=True)
+    a = train_one(prep, SMALL, "finetune", 3, tmp_path / "a", quiet=True)
+    b = train_one(prep, SMALL, "finetune", 3, tmp_path / "b", quiet=True)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b.history]
+    assert a.test_acc == b.test_acc
+
+
+def _train_cmd(data, out, *extra):
+    # The child registers test_tiny through conftest, then runs the real CLI.
+    boot = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; "
+            "from transferlab.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", boot, "train", "--data", str(data), "--strategy", "chain-thaw",
+            "--out", str(out), "--backbone", "test_tiny", "--max-epochs", "3", "--patience", "3",
+            "--views", "2", "--batch-size", "8", "--quiet", *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    data = make_class_folders(tmp_path / "data", n_per_class=10, n_classes=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(data, tmp_path / "full"), check=True, env=env)
+
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "cut"), env=env)
+    ckpt = tmp_path / "cut" / "chain-thaw" / "seed0" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            saved = torch.load(ckpt, weights_only=True)
+            if saved["phase_index"] >= 3 and saved["phase_state"] is not None:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+
+    subprocess.run(_train_cmd(data, tmp_path / "cut", "--resume"), check=True, env=env)
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())["runs"][0]
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())["runs"][0]
+    for key in ("test_acc", "val_acc", "test_loss", "epochs"):
+        assert cut[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_train_command_writes_results_directory(tmp_path):
+    from transferlab.cli import main
+
+    data = make_class_folders(tmp_path / "data", n_per_class=8, n_classes=2)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(data), "--strategy", "features", "--out", str(out), "--image-size", "32",
+                 "--max-epochs", "3", "--quiet"]) == 0
+    for name in ("config.yaml", "manifest.json", "metrics.json", "history.csv",
+                 "features/seed0/model.safetensors", "features/seed0/model.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    run = metrics["runs"][0]
+    assert 0 <= run["test_acc"] <= 1 and 0 <= run["val_acc"] <= 1 and metrics["winner"] == "features"
+    assert main(["train", "--data", str(data), "--strategy", "features", "--out", str(out), "--quiet"]) == 2
+
+
+def test_feature_extractor_in_a_pipeline():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from transferlab.features import FeatureExtractor
+
+    ds = load_dataset("digits")
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(ds))[:240]
+    images = ds.arrays[idx]
+    pipe = make_pipeline(FeatureExtractor(image_size=32), LogisticRegression(max_iter=2000))
+    pipe.fit(images[:160], ds.labels[idx[:160]])
+    assert pipe.score(images[160:], ds.labels[idx[160:]]) > 0.5  # chance is 0.1
+    assert pipe[0].transform(images[:2]).shape == (2, 1280)
