@@ -4,10 +4,10 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import make_class_folders, synthetic_image
 from PIL import Image
 from scipy.io import savemat
 
+from conftest import make_class_folders, synthetic_image
 from transferlab import flowers17
 from transferlab.cli import main
 from transferlab.data import DataWarning, load_dataset, make_splits, open_rgb, per_class_subset

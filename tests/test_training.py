@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
 
+from conftest import make_class_folders
 from transferlab.backbones import create_backbone
 from transferlab.data import load_dataset, make_splits
 from transferlab.engine import TensorBatches, fit_phase

@@ -143,6 +143,50 @@ def _compare(args: argparse.Namespace) -> None:
     _print_summary(metrics, out_dir)
 
 
+# The demo: the built-in offline digits, few examples per class (the regime transfer is for), a small
+# input size so that all five strategies finish in minutes on a 2-core CPU.
+DEMO = {"data": "digits:30", "image_size": 64, "max_epochs": 6, "patience": 3}
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> None:
+    from .experiment import DEFAULT_STRATEGIES, Experiment, run_experiment
+    from .training import TrainConfig
+
+    config = TrainConfig(image_size=DEMO["image_size"], max_epochs=DEMO["max_epochs"], patience=DEMO["patience"],
+                         device=args.device)
+    exp = Experiment(DEMO["data"], DEFAULT_STRATEGIES, config=config)
+    out.print(f"demo: {', '.join(DEFAULT_STRATEGIES)} on {DEMO['data']} (scikit-learn's digits, 30 per class) "
+              f"with efficientnet_lite0 at {DEMO['image_size']}px -> {args.out}")
+    metrics = run_experiment(exp, args.out, resume=args.resume, quiet=args.quiet,
+                             command=f"transferlab demo --out {args.out}")
+    _print_summary(metrics, args.out)
+    from pathlib import Path
+
+    out.print(f"report: {Path(args.out).resolve() / 'report.html'}")
+
+
+@command("predict")
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    results = predict(args.run_dir, args.images, top_k=args.top_k, strategy=args.strategy)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        extra = "  ".join(f"{lab} {p:.1%}" for lab, p in r["top"][1:])
+        out.print(f"{r['file']}\t{r['label']}\t{r['prob']:.1%}" + (f"\t({extra})" if extra else ""), highlight=False)
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    path, diff = export_model(args.run_dir, args.format, args.output, args.strategy)
+    out.print(f"wrote {path} (max abs difference to PyTorch on test inputs: {diff:.2e})")
+
+
 def _training_args(p: argparse.ArgumentParser) -> None:
     from .backbones import DEFAULT_BACKBONE
 
@@ -198,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(cp)
     cp.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                     help=f"comma-separated, from: {', '.join(list_strategies())}")
+
+    dm = sub.add_parser("demo", help="compare all strategies on the built-in offline digits (minutes)")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--resume", action="store_true")
+    dm.add_argument("--device", default="auto")
+    dm.add_argument("--quiet", action="store_true")
+
+    pr = sub.add_parser("predict", help="label images with a trained run")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--top-k", type=int, default=1)
+    pr.add_argument("--strategy", help="use this strategy's model instead of the winner")
+    pr.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (with a parity check)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--output", help="file to write (default: beside the model)")
+    ex.add_argument("--strategy", help="export this strategy's model instead of the winner")
     return p
 
 

@@ -267,15 +267,22 @@ BUILTINS: Registry[Callable[..., ImageDataset]] = Registry("dataset", DataError)
 
 @BUILTINS.register("digits")
 def load_digits_dataset(arg: str = "", strict: bool = False) -> ImageDataset:
-    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as RGB images; offline."""
+    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as RGB images; offline.
+    ``digits:N`` keeps N images per class."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     grey = np.round(digits.images / 16.0 * 255.0).astype(np.uint8)
     arrays = np.repeat(grey[..., None], 3, axis=-1)
     labels = digits.target.astype(np.int64)
+    name = "digits"
+    if arg:  # digits:N keeps N images per class (a fixed random subset): the few-examples regime
+        if not arg.isdigit() or int(arg) < 3:
+            raise DataError(f"digits:{arg}: N must be a whole number of images per class, at least 3")
+        keep = per_class_subset(np.arange(len(labels)), labels, int(arg), seed=0)
+        arrays, labels, name = arrays[keep], labels[keep], f"digits:{arg}"
     fingerprint = _label_hash(hashlib.sha256(arrays.tobytes()).hexdigest(), labels)
-    return ImageDataset("digits", [str(d) for d in range(10)], labels, arrays=arrays, fingerprint=fingerprint)
+    return ImageDataset(name, [str(d) for d in range(10)], labels, arrays=arrays, fingerprint=fingerprint)
 
 
 @BUILTINS.register("flowers17")

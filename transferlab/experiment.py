@@ -160,9 +160,9 @@ def run_experiment(exp: Experiment, out: str | Path, resume: bool = False, quiet
     ds = dataset or load_dataset(exp.data, strict=exp.strict)
     splits = make_splits(ds, seed=exp.split_seed)
     prep = prepare(ds, splits, exp.config, quiet=quiet)
-    np.savez(out / "splits.npz", **splits)
+    np.savez(out / "splits.npz", labels=ds.labels, **splits)
     results: list[RunResult] = []
-    command = command or " ".join(sys.argv)
+    command = command or " ".join(["transferlab", *sys.argv[1:]])
     for strategy in exp.strategies:
         for seed in range(exp.seeds):
             if not quiet:
@@ -172,4 +172,7 @@ def run_experiment(exp: Experiment, out: str | Path, resume: bool = False, quiet
             results.append(train_one(prep, exp.config, strategy, seed, out / strategy / f"seed{seed}",
                                      resume=resume, quiet=quiet))
             metrics = write_results(out, exp, prep, results, started, command)
+    from .report import build_report
+
+    build_report(out, ds, prep.cache)
     return metrics
