@@ -323,6 +323,26 @@ for _name, _variant in LITE.items():
     BACKBONES.register(_name)(_lite_builder(_variant))
 
 
+@BACKBONES.register("small_cnn")
+def small_cnn(pretrained: bool = False) -> Backbone:
+    """A small five-group CNN (conv-BN-ReLU stages) for from-scratch studies such as layer
+    transferability, where many networks are trained on a CPU. It has no pretrained weights."""
+    if pretrained:
+        raise BackboneError("small_cnn has no pretrained weights; it is meant for from-scratch studies "
+                            "(transferlab transferability). Pretrained, offline: efficientnet_lite0/1/2")
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    stages = {"conv1": block(3, 32, 1), "conv2": block(32, 48, 2), "conv3": block(48, 64, 2),
+              "conv4": block(64, 96, 2), "conv5": block(96, 128, 1)}
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    net = GroupedNet(stages, pool, nn.Sequential(pool, nn.Linear(128, 1000)), 128)
+    config = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+              "interpolation": "bilinear", "crop_pct": 0.9}
+    return Backbone("small_cnn", net, config, stage_groups(net), 128, {"weights": "random"}, pretrained=False)
+
+
 def _build_timm(arch: str, pretrained: bool = True) -> Backbone:
     import timm
     from timm.data import resolve_data_config

@@ -46,6 +46,24 @@ def _classify(args: argparse.Namespace) -> None:
 def _backbones(args: argparse.Namespace) -> None:
     from .backbones import backbone_info, list_backbones
 
+    if args.benchmark:
+        from .studies import benchmark_backbones
+
+        names = [n.strip() for n in args.names.split(",")] if args.names else None
+        res = benchmark_backbones(names, batch=args.batch, budget_ms=args.budget_ms, data=args.data, out=args.out,
+                                  device=args.device, quiet=args.quiet)
+        table = Table(title=f"backbones on this machine ({args.out})")
+        for col in ("name", "weights", "latency ms", "img/s", "top-1 %", "params M", "GMACs", "probe acc"):
+            table.add_column(col)
+        for r in res["rows"]:
+            table.add_row(r["name"], r["weights"], f"{r['latency_ms']:.1f}", f"{r['throughput_img_s']:.1f}",
+                          str(r["top1"]), str(r["params_m"]), str(r["gmacs"]),
+                          f"{r['probe_acc']:.1%}" if "probe_acc" in r else "-")
+        out.print(table)
+        budget = f" within {args.budget_ms:g} ms" if args.budget_ms else ""
+        out.print(f"recommended{budget}: [bold]{res['recommended'] or 'none fits'}[/bold]")
+        return
+
     infos = [backbone_info(n) for n in list_backbones()]
     if args.json:
         print(json.dumps(infos, indent=2))
@@ -187,6 +205,37 @@ def _export(args: argparse.Namespace) -> None:
     out.print(f"wrote {path} (max abs difference to PyTorch on test inputs: {diff:.2e})")
 
 
+def _ints(text: str) -> list[int]:
+    if ".." in text:
+        lo, hi = text.split("..")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+@command("sweep")
+def _sweep(args: argparse.Namespace) -> None:
+    from .studies import sweep
+    from .training import TrainConfig
+
+    config = TrainConfig(backbone=args.backbone, image_size=args.image_size, max_epochs=args.max_epochs,
+                         patience=args.patience, device=args.device)
+    res = sweep(args.data, _ints(args.per_class), args.subsets, [s.strip() for s in args.strategies.split(",")],
+                config, args.out, quiet=args.quiet)
+    if res["capped"]:
+        out.print(f"sizes {res['capped']} exceed the smallest class and were capped")
+    out.print(f"results and report: {args.out}")
+
+
+@command("transferability")
+def _transferability(args: argparse.Namespace) -> None:
+    from .studies import transferability
+
+    res = transferability(args.data, args.split, _ints(args.cuts) if args.cuts else None, args.backbone,
+                          args.image_size, args.epochs, args.patience, out=args.out, device=args.device,
+                          quiet=args.quiet)
+    out.print(f"done in {res['seconds']:.0f} s; results and report: {args.out}")
+
+
 def _training_args(p: argparse.ArgumentParser) -> None:
     from .backbones import DEFAULT_BACKBONE
 
@@ -221,8 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, default=5)
     c.add_argument("--json", action="store_true")
 
-    b = sub.add_parser("backbones", help="list backbones with their metadata")
+    b = sub.add_parser("backbones", help="list backbones with their metadata; --benchmark times them here")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--benchmark", action="store_true", help="measure latency and throughput on this machine")
+    b.add_argument("--names", help="comma-separated backbones to benchmark (default: a mobile-to-server range)")
+    b.add_argument("--budget-ms", type=float, help="recommend the most accurate backbone within this latency")
+    b.add_argument("--batch", type=int, default=8, help="batch size for the throughput figure")
+    b.add_argument("--data", help="also run the probe strategy on DATA for each backbone with offline weights")
+    b.add_argument("--out", default="runs/backbones")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--quiet", action="store_true")
 
     d = sub.add_parser("data", help="inspect a dataset: classes, counts, splits, skipped files")
     d.add_argument("data", help="digits, flowers17[:k], or a folder")
@@ -248,6 +305,31 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--resume", action="store_true")
     dm.add_argument("--device", default="auto")
     dm.add_argument("--quiet", action="store_true")
+
+    sw = sub.add_parser("sweep", help="test accuracy against examples per class (nested subsets)")
+    sw.add_argument("--data", required=True)
+    sw.add_argument("--per-class", default="1,2,5,10,20,40")
+    sw.add_argument("--subsets", type=int, default=3)
+    sw.add_argument("--strategies", default="probe,finetune,scratch")
+    sw.add_argument("--backbone", default="efficientnet_lite0")
+    sw.add_argument("--image-size", type=int, default=64)
+    sw.add_argument("--max-epochs", type=int, default=8)
+    sw.add_argument("--patience", type=int, default=3)
+    sw.add_argument("--out", default="runs/sweep")
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--quiet", action="store_true")
+
+    tr = sub.add_parser("transferability", help="layer transferability: AnB / BnB (Yosinski et al. 2014)")
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--split", default="random", help="'random' or the comma-separated classes of half A")
+    tr.add_argument("--cuts", help="e.g. 1..4 or 1,3 (default: every group but the last)")
+    tr.add_argument("--backbone", default="small_cnn")
+    tr.add_argument("--image-size", type=int, default=32)
+    tr.add_argument("--epochs", type=int, default=15)
+    tr.add_argument("--patience", type=int, default=4)
+    tr.add_argument("--out", default="runs/transferability")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--quiet", action="store_true")
 
     pr = sub.add_parser("predict", help="label images with a trained run")
     pr.add_argument("run_dir")

@@ -147,11 +147,17 @@ def _fit_probe(model: TransferModel, phase: Phase, train: TensorBatches, seed: i
         clf, key = LinearSVC(dual="auto", max_iter=5000), "linearsvc__C"
     else:
         clf, key = LogisticRegression(max_iter=3000), "logisticregression__C"
-    folds = max(2, min(5, int(np.bincount(y).min())))
-    search = GridSearchCV(make_pipeline(StandardScaler(), clf), {key: np.logspace(-4, 2, 7)},
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    search.fit(x, y)
-    scaler, fitted = search.best_estimator_[0], search.best_estimator_[-1]
+    smallest = int(np.bincount(y).min())
+    pipe = make_pipeline(StandardScaler(), clf)
+    if smallest >= 2:
+        search = GridSearchCV(pipe, {key: np.logspace(-4, 2, 7)},
+                              cv=StratifiedKFold(min(5, smallest), shuffle=True, random_state=seed))
+        search.fit(x, y)
+        pipe, chosen = search.best_estimator_, float(search.best_params_[key])
+    else:  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
+        pipe.fit(x, y)
+        chosen = 1.0
+    scaler, fitted = pipe[0], pipe[-1]
     coef, intercept = fitted.coef_, fitted.intercept_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row, the logit of class 1
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
@@ -162,7 +168,7 @@ def _fit_probe(model: TransferModel, phase: Phase, train: TensorBatches, seed: i
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    phase.options["chosen_C"] = float(search.best_params_[key])
+    phase.options["chosen_C"] = chosen
 
 
 def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
