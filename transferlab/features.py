@@ -87,9 +87,10 @@ def encode(model: TransferModel, cache: np.ndarray, indices: np.ndarray, labels:
            aug_seed: int = 0, quiet: bool = False) -> TensorBatches:
     """The input of ``level`` for ``views`` views of each image, kept in memory for one phase.
 
-    Intermediate activations are stored in float16 (half the memory); pooled features in float32.
+    Stored in float32: a cache advanced group by group (``advance``) then holds exactly what one
+    pass through the prefix gives, so a resumed run matches an uninterrupted one.
     """
-    dtype = torch.float32 if level == model.pooled_level else torch.float16
+    dtype = torch.float32
     out: list[torch.Tensor] = []
     model.eval()
     with progress_bar(f"caching level {level} x{views}", views * len(indices), quiet) as bar:
@@ -102,6 +103,27 @@ def encode(model: TransferModel, cache: np.ndarray, indices: np.ndarray, labels:
                 bar.advance(len(idx))
             out.append(torch.cat(chunks))
     return TensorBatches(torch.stack(out), torch.as_tensor(labels[indices]), level, batch_size)
+
+
+@torch.no_grad()
+def advance(model: TransferModel, cached: TensorBatches, level: int, precision: Precision) -> TensorBatches:
+    """Move cached inputs of ``cached.level`` to ``level`` by running only the groups in between.
+
+    Chain-thaw trains one group at a time from the first: the input of step ``k + 1`` is group
+    ``k`` (just trained) applied to the input of step ``k``, so the frozen prefix never runs twice.
+    """
+    if level == cached.level:
+        return cached
+    model.eval()
+    views = []
+    for v in range(cached.tensors.shape[0]):
+        chunks = []
+        for s in range(0, len(cached), cached.batch_size):
+            x = precision.to_input(cached.tensors[v, s:s + cached.batch_size].float())
+            with precision.autocast():
+                chunks.append(model.features(x, cached.level, stop=level).float().cpu())
+        views.append(torch.cat(chunks))
+    return TensorBatches(torch.stack(views), cached.labels, level, cached.batch_size)
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .data import ImageDataset
 from .engine import Batches, ImageBatches, TensorBatches, evaluate, fit_phase, predict_logits
-from .features import FeatureStore, encode
+from .features import FeatureStore, advance, encode
 from .heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
 from .imagecache import build_image_cache, cache_side
 from .runtime import Precision
@@ -208,14 +208,20 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
                      "history": hist, "body_changed": body_changed,
                      "elapsed": time.perf_counter() - t_start}, ckpt_path)
 
+    names = [g.name for g in backbone.groups]
+    prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an intermediate level
     for i, phase in enumerate(strategy.phases):
         if i < start_phase:
             continue
         level = _first_level(model, backbone, phase, config.prefix_cache)
         pristine = None if body_changed else store
         views = config.views if config.augment and phase.kind == "torch" else 1
-        train = _inputs(model, prep, train_idx, level, views, config.augment, pristine, config.batch_size, quiet)
-        val = _inputs(model, prep, val_idx, level, 1, False, pristine, config.batch_size, quiet)
+        if prefix is not None and 0 < prefix[0].level <= level < model.pooled_level:
+            train, val = (advance(model, b, level, prep.precision) for b in prefix)
+        else:
+            train = _inputs(model, prep, train_idx, level, views, config.augment, pristine, config.batch_size, quiet)
+            val = _inputs(model, prep, val_idx, level, 1, False, pristine, config.batch_size, quiet)
+        prefix = (train, val) if 0 < level < model.pooled_level else None
         done_before = [h for h in history if h["phase_index"] < i]
         if phase.kind == "probe":
             t0 = time.perf_counter()
@@ -235,6 +241,9 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
             rows = result.history
         history = done_before + [{**h, "phase_index": i} for h in rows]
         body_changed = body_changed or any(n != HEAD for n in phase.trainable)
+        trained = [names.index(n) for n in phase.trainable if n != HEAD]
+        if prefix is not None and trained and min(trained) < prefix[0].level:
+            prefix = None  # a group below the cached level changed: the cache is stale
         save(i + 1, None, history)
 
     # Final metrics at the cheapest exact level.
