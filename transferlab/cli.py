@@ -134,11 +134,22 @@ def _print_summary(metrics: dict, out_dir) -> None:
     out.print(f"winner: [bold]{metrics['winner']}[/bold]")
 
 
-def _default_out(data: str, what: str) -> str:
+def _numbered_out(base: str, resume: bool) -> str:
+    """``base``, or ``base-2``, ``base-3`` ... : a new folder for a new run, the latest one to resume."""
+    from pathlib import Path
+
+    taken = [base] + [f"{base}-{k}" for k in range(2, 1000) if Path(f"{base}-{k}").exists()]
+    existing = [p for p in taken if Path(p).exists()]
+    if resume:
+        return existing[-1] if existing else base
+    return base if not existing else f"{base}-{len(existing) + 1}"
+
+
+def _default_out(data: str, what: str, resume: bool = False) -> str:
     from pathlib import Path
 
     stem = Path(str(data).rstrip("/")).name.replace(":", "-") or "data"
-    return str(Path("runs") / f"{stem}-{what}")
+    return _numbered_out(str(Path("runs") / f"{stem}-{what}"), resume)
 
 
 @command("train")
@@ -146,7 +157,7 @@ def _train(args: argparse.Namespace) -> None:
     from .experiment import run_experiment
 
     exp = _experiment(args, [args.strategy])
-    out_dir = args.out or _default_out(args.data, args.strategy)
+    out_dir = args.out or _default_out(args.data, args.strategy, args.resume)
     metrics = run_experiment(exp, out_dir, resume=args.resume, quiet=args.quiet)
     _print_summary(metrics, out_dir)
 
@@ -156,7 +167,7 @@ def _compare(args: argparse.Namespace) -> None:
     from .experiment import run_experiment
 
     exp = _experiment(args, [s.strip() for s in args.strategies.split(",") if s.strip()])
-    out_dir = args.out or _default_out(args.data, "compare")
+    out_dir = args.out or _default_out(args.data, "compare", args.resume)
     metrics = run_experiment(exp, out_dir, resume=args.resume, quiet=args.quiet)
     _print_summary(metrics, out_dir)
 
@@ -173,6 +184,7 @@ def _demo(args: argparse.Namespace) -> None:
 
     config = TrainConfig(image_size=DEMO["image_size"], max_epochs=DEMO["max_epochs"], patience=DEMO["patience"],
                          device=args.device)
+    args.out = args.out or _numbered_out("runs/demo", args.resume)
     exp = Experiment(DEMO["data"], DEFAULT_STRATEGIES, config=config)
     out.print(f"demo: {', '.join(DEFAULT_STRATEGIES)} on {DEMO['data']} (scikit-learn's digits, 30 per class) "
               f"with efficientnet_lite0 at {DEMO['image_size']}px -> {args.out}")
@@ -301,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated, from: {', '.join(list_strategies())}")
 
     dm = sub.add_parser("demo", help="compare all strategies on the built-in offline digits (minutes)")
-    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--out", help="results directory (default runs/demo, or runs/demo-2 ... if taken)")
     dm.add_argument("--resume", action="store_true")
     dm.add_argument("--device", default="auto")
     dm.add_argument("--quiet", action="store_true")
