@@ -174,7 +174,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 # The demo: the built-in offline digits, few examples per class (the regime transfer is for), a small
 # input size so that all five strategies finish in minutes on a 2-core CPU.
-DEMO = {"data": "digits:30", "image_size": 64, "max_epochs": 6, "patience": 3}
+DEMO = {"data": "digits:40", "image_size": 64, "max_epochs": 12, "patience": None}
 
 
 @command("demo")
@@ -186,7 +186,7 @@ def _demo(args: argparse.Namespace) -> None:
                          device=args.device)
     args.out = args.out or _numbered_out("runs/demo", args.resume)
     exp = Experiment(DEMO["data"], DEFAULT_STRATEGIES, config=config)
-    out.print(f"demo: {', '.join(DEFAULT_STRATEGIES)} on {DEMO['data']} (scikit-learn's digits, 30 per class) "
+    out.print(f"demo: {', '.join(DEFAULT_STRATEGIES)} on {DEMO['data']} (scikit-learn's digits, 40 per class) "
               f"with efficientnet_lite0 at {DEMO['image_size']}px -> {args.out}")
     metrics = run_experiment(exp, args.out, resume=args.resume, quiet=args.quiet,
                              command=f"transferlab demo --out {args.out}")
@@ -324,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--subsets", type=int, default=3)
     sw.add_argument("--strategies", default="probe,finetune,scratch")
     sw.add_argument("--backbone", default="efficientnet_lite0")
-    sw.add_argument("--image-size", type=int, default=64)
-    sw.add_argument("--max-epochs", type=int, default=8)
+    sw.add_argument("--image-size", type=int, default=32)
+    sw.add_argument("--max-epochs", type=int, default=6)
     sw.add_argument("--patience", type=int, default=3)
     sw.add_argument("--out", default="runs/sweep")
     sw.add_argument("--device", default="auto")
