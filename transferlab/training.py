@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,9 @@ def _inputs(model: TransferModel, prep: Prepared, idx: np.ndarray, level: int, v
                   batch_size, quiet=quiet)
 
 
-def _fit_probe(model: TransferModel, phase: Phase, train: TensorBatches, seed: int) -> None:
-    """Fit a scikit-learn linear model (C by stratified CV) on pooled features; fold it into the head."""
+def _fit_probe(model: TransferModel, phase: Phase, train: TensorBatches, seed: int) -> float:
+    """Fit a scikit-learn linear model (C by stratified CV) on pooled features; fold it into the head.
+    Returns the chosen C."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -168,7 +169,7 @@ def _fit_probe(model: TransferModel, phase: Phase, train: TensorBatches, seed: i
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    phase.options["chosen_C"] = chosen
+    return chosen
 
 
 def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
@@ -225,7 +226,6 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
         done_before = [h for h in history if h["phase_index"] < i]
         if phase.kind == "probe":
             t0 = time.perf_counter()
-            phase = replace(phase, options=dict(phase.options))
             _fit_probe(model, phase, train, seed)
             val_loss, val_acc = evaluate(model, val, prep.precision)
             rows = [{"phase": phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
