@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .errors import TransferlabError
 from .progress import console
+from .runtime import tune_allocator
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
@@ -116,7 +117,8 @@ def _experiment(args: argparse.Namespace, strategies: list[str]):
     config = TrainConfig(backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                          augment=not args.no_augment, views=args.views, max_epochs=args.max_epochs,
                          patience=args.patience, probe_model=args.probe_model, discriminative=args.discriminative,
-                         prefix_cache=not args.no_prefix_cache, device=args.device, fp32=args.fp32)
+                         prefix_cache=not args.no_prefix_cache, device=args.device, fp32=args.fp32,
+                         fold_bn=not args.no_fold_bn)
     return Experiment(args.data, strategies, seeds=args.seeds, split_seed=args.split_seed, config=config,
                       strict=args.strict)
 
@@ -268,6 +270,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="always run the whole backbone")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--no-fold-bn", action="store_true",
+                   help="run BatchNorm as is instead of folding it into the convolutions")
     p.add_argument("--strict", action="store_true", help="unreadable images are an error")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -360,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     try:
         return COMMANDS[args.command](args) or 0
     except TransferlabError as exc:

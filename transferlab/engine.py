@@ -9,6 +9,7 @@ epochs. Every epoch draws its randomness (shuffling, augmentation, dropout) from
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import LayerGroup
+from .bnfold import folded_batchnorm
 from .heads import TransferModel
 from .imagecache import eval_batch, train_batch
 from .progress import progress_bar
@@ -162,15 +164,25 @@ def make_optimizer(model: TransferModel, groups: list[LayerGroup], phase: Phase)
 # Evaluation and the loop
 
 
+def folded(model: TransferModel, data: Batches, precision: Precision) -> contextlib.AbstractContextManager:
+    """Eval-mode BatchNorm folded into the convolutions for passes from ``data``'s level (bnfold.py)."""
+    def run() -> torch.Tensor:
+        x = next(iter(data.batches(None)))[0][:2]
+        with precision.autocast():
+            return model(precision.to_input(x), level=data.level)
+    return folded_batchnorm(model, run, key=("logits", data.level), enabled=precision.fold_bn)
+
+
 @torch.no_grad()
 def predict_logits(model: TransferModel, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every example of ``data``, in order."""
     model.eval()
     outs, ys = [], []
-    for x, y in data.batches(None):
-        with precision.autocast():
-            outs.append(model(precision.to_input(x), level=data.level).float().cpu())
-        ys.append(y)
+    with folded(model, data, precision):
+        for x, y in data.batches(None):
+            with precision.autocast():
+                outs.append(model(precision.to_input(x), level=data.level).float().cpu())
+            ys.append(y)
     return torch.cat(outs), torch.cat(ys)
 
 
@@ -227,7 +239,8 @@ def fit_phase(model: TransferModel, groups: list[LayerGroup], phase: Phase, trai
         val_loss, val_acc = evaluate(model, val, precision)
         result, best_state, bad_epochs, start = PhaseResult([], val_loss, val_acc, 0), _trainable_state(model), 0, 0
 
-    with progress_bar(f"{phase.name:>14s}", phase.max_epochs, quiet, status=True) as bar:
+    with folded(model, val, precision), \
+            progress_bar(f"{phase.name:>14s}", phase.max_epochs, quiet, status=True) as bar:
         bar.advance(start)
         for epoch in range(start, phase.max_epochs):
             if bad_epochs >= phase.patience:

@@ -10,6 +10,7 @@ weights that chain-thaw changes from step to step, so those are computed per pha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,20 +23,28 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .backbones import Backbone, create_backbone
+from .bnfold import folded_batchnorm
 from .data import ImageDataset, cache_home, open_rgb
 from .engine import TensorBatches
 from .heads import TransferModel
 from .imagecache import cache_side, eval_batch, resize_center, view_batch
 from .progress import progress_bar
-from .runtime import Precision
+from .runtime import Precision, tune_allocator
 
 MAX_VIEWS = 8
 
 
 @torch.no_grad()
-def _run(model: TransferModel, x: torch.Tensor, stop: int, precision: Precision) -> torch.Tensor:
+def _run(model: TransferModel, x: torch.Tensor, stop: int, precision: Precision, start: int = 0) -> torch.Tensor:
     with precision.autocast():
-        return model.features(precision.to_input(x), 0, stop=stop).float().cpu()
+        return model.features(precision.to_input(x), start, stop=stop).float().cpu()
+
+
+def _folded(model: TransferModel, sample: torch.Tensor, start: int, stop: int,
+            precision: Precision) -> contextlib.AbstractContextManager:
+    """BatchNorm folded (bnfold.py) for passes from ``start`` to ``stop``; ``sample``: a few inputs."""
+    return folded_batchnorm(model, lambda: _run(model, sample[:2].float(), stop, precision, start),
+                            key=("features", start, stop), enabled=precision.fold_bn)
 
 
 class FeatureStore:
@@ -44,7 +53,7 @@ class FeatureStore:
     def __init__(self, backbone: Backbone, ds: ImageDataset, aug_seed: int = 0):
         spec = {"backbone": backbone.name, "weights": backbone.meta.get("weights"),
                 "data_config": {k: str(v) for k, v in sorted(backbone.data_config.items())},
-                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "version": 1}
+                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "version": 2}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = cache_home() / "features" / key
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +78,10 @@ class FeatureStore:
         n_todo = sum(len(t) for _, t in todo)
         if n_todo:
             model.eval()
-            with progress_bar("extracting features", n_todo, quiet) as bar:
+            first = next(t for _, t in todo if len(t))[:2]
+            sample = view_batch(cache[first], first, 0, data_config, self.aug_seed)
+            with progress_bar("extracting features", n_todo, quiet) as bar, \
+                    _folded(model, sample, 0, model.pooled_level, precision):
                 for v, missing in todo:
                     for s in range(0, len(missing), batch_size):
                         idx = np.sort(missing[s:s + batch_size])
@@ -93,7 +105,9 @@ def encode(model: TransferModel, cache: np.ndarray, indices: np.ndarray, labels:
     dtype = torch.float32
     out: list[torch.Tensor] = []
     model.eval()
-    with progress_bar(f"caching level {level} x{views}", views * len(indices), quiet) as bar:
+    sample = view_batch(cache[indices[:2]], indices[:2], 0, data_config, aug_seed)
+    with progress_bar(f"caching level {level} x{views}", views * len(indices), quiet) as bar, \
+            _folded(model, sample, 0, level, precision):
         for v in range(views):
             chunks = []
             for s in range(0, len(indices), batch_size):
@@ -116,13 +130,11 @@ def advance(model: TransferModel, cached: TensorBatches, level: int, precision: 
         return cached
     model.eval()
     views = []
-    for v in range(cached.tensors.shape[0]):
-        chunks = []
-        for s in range(0, len(cached), cached.batch_size):
-            x = precision.to_input(cached.tensors[v, s:s + cached.batch_size].float())
-            with precision.autocast():
-                chunks.append(model.features(x, cached.level, stop=level).float().cpu())
-        views.append(torch.cat(chunks))
+    with _folded(model, cached.tensors[0, :2], cached.level, level, precision):
+        for v in range(cached.tensors.shape[0]):
+            chunks = [_run(model, cached.tensors[v, s:s + cached.batch_size].float(), level, precision, cached.level)
+                      for s in range(0, len(cached), cached.batch_size)]
+            views.append(torch.cat(chunks))
     return TensorBatches(torch.stack(views), cached.labels, level, cached.batch_size)
 
 
@@ -145,6 +157,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.fp32 = fp32
 
     def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:
+        tune_allocator()
         bb = create_backbone(self.backbone, pretrained=True, image_size=self.image_size)
         self.precision_ = Precision.choose(self.device, self.fp32)
         self.model_ = TransferModel(bb, num_classes=1)
@@ -169,6 +182,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         out = []
         for s in range(0, len(X), self.batch_size):
             squares = np.stack([self._square(item) for item in X[s:s + self.batch_size]])
-            out.append(_run(self.model_, eval_batch(squares, self.data_config_), self.model_.pooled_level,
-                            self.precision_).numpy())
+            x = eval_batch(squares, self.data_config_)
+            with _folded(self.model_, x, 0, self.model_.pooled_level, self.precision_):
+                out.append(_run(self.model_, x, self.model_.pooled_level, self.precision_).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)

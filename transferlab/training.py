@@ -27,7 +27,7 @@ from .engine import Batches, ImageBatches, TensorBatches, evaluate, fit_phase, p
 from .features import FeatureStore, advance, encode
 from .heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
 from .imagecache import build_image_cache, cache_side
-from .runtime import Precision
+from .runtime import Precision, tune_allocator
 from .strategies import HEAD, Phase, Strategy, StrategyOptions, build_strategy
 
 
@@ -49,6 +49,7 @@ class TrainConfig:
     prefix_cache: bool = True
     device: str = "auto"
     fp32: bool = False
+    fold_bn: bool = True
 
     def options(self) -> StrategyOptions:
         return StrategyOptions(probe_model=self.probe_model, discriminative=self.discriminative).scaled(
@@ -72,10 +73,12 @@ class Prepared:
 def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
             quiet: bool = False) -> Prepared:
     """Resolve the preprocessing of the backbone and decode every image once into the cache."""
+    tune_allocator()
     bb = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
     side = cache_side(bb.data_config)
     cache = build_image_cache(dataset, side, bb.data_config["interpolation"], quiet=quiet)
-    return Prepared(dataset, splits, bb.data_config, cache, Precision.choose(config.device, config.fp32))
+    return Prepared(dataset, splits, bb.data_config, cache,
+                    Precision.choose(config.device, config.fp32, config.fold_bn))
 
 
 @dataclass
