@@ -9,8 +9,10 @@ resized crop + flip).
 
 The naive reference is the loop a tutorial writes: a Dataset that opens and decodes each JPEG every
 epoch with torchvision transforms, a DataLoader, fp32 in the default memory format, and the whole
-backbone run forward every step, frozen or not. transferlab runs cold: a fresh cache folder per
-strategy, so its times include decoding the images and extracting features.
+backbone run forward every step, frozen or not. It runs in a fresh process of its own, so it gets
+nothing transferlab sets up for itself (the allocator tuning of ``runtime.tune_allocator``).
+transferlab runs cold: a fresh cache folder per strategy, so its times include decoding the images
+and extracting features.
 
 Printed: per strategy, test accuracy, epochs, wall seconds for both, and the speed-up (total time to
 the result; for finetune also the median epoch time of the whole-model phase).
@@ -19,6 +21,7 @@ the result; for finetune also the median epoch time of the whole-model phase).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -189,8 +192,11 @@ def main() -> None:
         row = {"strategy": name, "acc": acc, "epochs": ep, "sec": sec, "times": times}
         print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s", flush=True)
         if name in args.naive.split(","):
-            run = naive_probe if name == "probe" else lambda ds, sp, cfg, n=name: naive_run(n, ds, sp, cfg)
-            nacc, nep, nsec, ntimes = run(ds, splits, config)
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                if name == "probe":
+                    nacc, nep, nsec, ntimes = pool.apply(naive_probe, (ds, splits, config))
+                else:
+                    nacc, nep, nsec, ntimes = pool.apply(naive_run, (name, ds, splits, config))
             row |= {"n_acc": nacc, "n_epochs": nep, "n_sec": nsec, "n_times": ntimes}
             print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s", flush=True)
         rows.append(row)
