@@ -46,6 +46,8 @@ def test_pretrained_lite0_transfers(easy, tmp_path, strategy):
     config = TrainConfig(image_size=32, max_epochs=30, views=2, head_hidden=(32,), batch_size=16)
     result = train_one(prepare(ds, splits, config, quiet=True), config, strategy, 0, tmp_path / "run", quiet=True)
     assert result.test_acc >= 0.75, f"{strategy}: {result.test_acc:.2f} (chance is 0.33)"
+    if strategy == "probe":  # the regularisation the cross-validation chose is reported
+        assert result.summary()["details"]["probe_C"] in np.logspace(-4, 2, 7)
 
 
 def test_chain_thaw_is_head_then_each_group_then_all():

@@ -50,10 +50,11 @@ def _folded(model: TransferModel, sample: torch.Tensor, start: int, stop: int,
 class FeatureStore:
     """Pooled features of a pretrained backbone for every (image, view), computed on demand, kept on disk."""
 
-    def __init__(self, backbone: Backbone, ds: ImageDataset, aug_seed: int = 0):
+    def __init__(self, backbone: Backbone, ds: ImageDataset, aug_seed: int = 0, bf16: bool = False):
+        # bf16 features differ from fp32 ones in the third digit: they are kept apart.
         spec = {"backbone": backbone.name, "weights": backbone.meta.get("weights"),
                 "data_config": {k: str(v) for k, v in sorted(backbone.data_config.items())},
-                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "version": 2}
+                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "version": 2}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = cache_home() / "features" / key
         self.folder.mkdir(parents=True, exist_ok=True)

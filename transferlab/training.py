@@ -91,6 +91,7 @@ class RunResult:
     epochs: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the C the probe's cross-validation chose
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -198,18 +199,19 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     ckpt_path = run_dir / "checkpoint.pt"
     state = load_checkpoint(ckpt_path) if resume else None
     history: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
     start_phase, elapsed, body_changed, phase_state = 0, 0.0, False, None
     if state is not None:
         model.load_state_dict(state["model"])
         start_phase, elapsed, body_changed = state["phase_index"], state["elapsed"], state["body_changed"]
-        history, phase_state = state["history"], state["phase_state"]
+        history, phase_state, details = state["history"], state["phase_state"], state.get("details", {})
     t_start = time.perf_counter() - elapsed
-    store = FeatureStore(backbone, prep.dataset) if strategy.pretrained else None
+    store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     train_idx, val_idx = prep.splits["train"], prep.splits["val"]
 
     def save(phase_index: int, phase_state: dict | None, hist: list[dict[str, Any]]) -> None:
         save_atomic({"model": model.state_dict(), "phase_index": phase_index, "phase_state": phase_state,
-                     "history": hist, "body_changed": body_changed,
+                     "history": hist, "body_changed": body_changed, "details": details,
                      "elapsed": time.perf_counter() - t_start}, ckpt_path)
 
     names = [g.name for g in backbone.groups]
@@ -229,7 +231,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
         done_before = [h for h in history if h["phase_index"] < i]
         if phase.kind == "probe":
             t0 = time.perf_counter()
-            _fit_probe(model, phase, train, seed)
+            details[f"{phase.name}_C"] = _fit_probe(model, phase, train, seed)
             val_loss, val_acc = evaluate(model, val, prep.precision)
             rows = [{"phase": phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
                      "val_acc": val_acc, "seconds": time.perf_counter() - t0}]
@@ -264,7 +266,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     np.save(run_dir / "test_predictions.npy", logits.argmax(1).numpy())
     result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
                        float(F.cross_entropy(logits, y)), len(history), seconds,
-                       [{k: v for k, v in h.items() if k != "phase_index"} for h in history])
+                       [{k: v for k, v in h.items() if k != "phase_index"} for h in history], details)
     done.write_text(json.dumps(result.__dict__))
     ckpt_path.unlink(missing_ok=True)
     return result
