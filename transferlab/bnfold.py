@@ -90,9 +90,14 @@ def _folded_bn(bn: nn.BatchNorm2d, plain: Callable) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
         if bn.training:
             return plain(x)
-        if isinstance(bn, BatchNormAct2d):
-            return bn.act(bn.drop(x))
-        return x
+        if not isinstance(bn, BatchNormAct2d):
+            return x
+        x = bn.drop(x)
+        if isinstance(bn.act, nn.Hardtanh) and bn.act.inplace:  # ReLU6 is a Hardtanh
+            # In place, autograd clones the input to keep it for the backward pass; out of place it
+            # keeps the input it already has: one full copy of the activation fewer per layer.
+            return F.hardtanh(x, bn.act.min_val, bn.act.max_val)
+        return bn.act(x)
     return forward
 
 
