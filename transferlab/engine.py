@@ -170,7 +170,7 @@ def folded(model: TransferModel, data: Batches, precision: Precision) -> context
         x = next(iter(data.batches(None)))[0][:2]
         with precision.autocast():
             return model(precision.to_input(x), level=data.level)
-    return folded_batchnorm(model, run, key=("logits", data.level), enabled=precision.fold_bn)
+    return folded_batchnorm(model, run, key=("logits", data.level), enabled=precision.fold_bn and len(data) > 0)
 
 
 @torch.no_grad()
