@@ -10,6 +10,7 @@ epochs. Every epoch draws its randomness (shuffling, augmentation, dropout) from
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -166,8 +167,12 @@ def make_optimizer(model: TransferModel, groups: list[LayerGroup], phase: Phase)
 
 def folded(model: TransferModel, data: Batches, precision: Precision) -> contextlib.AbstractContextManager:
     """Eval-mode BatchNorm folded into the convolutions for passes from ``data``'s level (bnfold.py)."""
+    @functools.cache
+    def sample() -> torch.Tensor:  # built only if the pairs are searched for, then once
+        return next(iter(data.batches(None)))[0][:2]
+
     def run() -> torch.Tensor:
-        x = next(iter(data.batches(None)))[0][:2]
+        x = sample()
         with precision.autocast():
             return model(precision.to_input(x), level=data.level)
     return folded_batchnorm(model, run, key=("logits", data.level), enabled=precision.fold_bn and len(data) > 0)
