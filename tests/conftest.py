@@ -56,7 +56,7 @@ def _register_tiny_backbone() -> None:
     import torch.nn.functional as F
     from torch import nn
 
-    from transferlab.backbones import BACKBONES, Backbone, GroupedNet, stage_groups
+    from transferlab.models import BACKBONES, Backbone, GroupedNet, stage_groups
 
     if "test_tiny" in BACKBONES:
         return

@@ -2,17 +2,16 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab import backbones as bbs
-from transferlab.backbones import create_backbone
 from transferlab.cli import main
-from transferlab.errors import BackboneError
+from transferlab.core.errors import BackboneError
+from transferlab.models import create_backbone, weights
 
 
 @pytest.mark.parametrize("variant,size", [(0, 224), (1, 240), (2, 260)])
 def test_lite_weights_match_reference_implementation(variant, size):
     from efficientnet_lite_pytorch import EfficientNet
 
-    from transferlab._lite_weights import lite_weights_path
+    from transferlab.models.lite_weights import lite_weights_path
 
     ours = create_backbone(f"efficientnet_lite{variant}").model.eval()
     ref = EfficientNet.from_pretrained(f"efficientnet-lite{variant}",
@@ -26,7 +25,7 @@ def test_lite_weights_match_reference_implementation(variant, size):
 def test_lite_state_dict_maps_every_key():
     import timm
 
-    from transferlab._lite_weights import lite_weights_path, map_lite_state_dict
+    from transferlab.models.lite_weights import lite_weights_path, map_lite_state_dict
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(lite_weights_path(0), map_location="cpu", weights_only=True)
@@ -93,7 +92,7 @@ def test_sequential_groups_compose_forward_features():
 
 
 def test_offline_download_error_names_offline_backbones(monkeypatch):
-    monkeypatch.setattr(bbs, "_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(weights, "reachable", lambda host, timeout=3.0: False)
     with pytest.raises(BackboneError, match="no network.*efficientnet_lite0"):
         create_backbone("timm:resnet50", pretrained=True)
     with pytest.raises(BackboneError, match="no network"):
@@ -101,7 +100,7 @@ def test_offline_download_error_names_offline_backbones(monkeypatch):
 
 
 def test_cli_offline_error_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(bbs, "_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(weights, "reachable", lambda host, timeout=3.0: False)
     assert main(["classify", "--backbone", "timm:resnet50", "x.jpg"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "no network" in err

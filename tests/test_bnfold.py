@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferlab.bnfold import find_pairs, folded_batchnorm
+from transferlab.runtime.bnfold import find_pairs, folded_batchnorm
 
 
 def _randomise_bn(model: nn.Module) -> None:

@@ -8,10 +8,9 @@ from PIL import Image
 from scipy.io import savemat
 
 from conftest import make_class_folders, synthetic_image
-from transferlab import flowers17
 from transferlab.cli import main
-from transferlab.data import DataWarning, load_dataset, make_splits, open_rgb, per_class_subset
-from transferlab.errors import DataError
+from transferlab.core.errors import DataError
+from transferlab.data import DataWarning, flowers17, load_dataset, make_splits, open_rgb, per_class_subset
 
 
 def test_digits_builtin():
@@ -78,8 +77,15 @@ def test_exif_orientation_applied(tmp_path):
     assert open_rgb(tmp_path / "r.jpg").size == (20, 40)
 
 
-def test_huge_image_decodes(tmp_path):
+def test_huge_image_decodes(tmp_path, monkeypatch):
+    from transferlab import allow_large_images
+
     Image.new("RGB", (15000, 13000), (10, 200, 10)).save(tmp_path / "big.jpg", quality=50)
+    # A guard like Pillow's own (which refuses twice its limit), restored after the test.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000_000)
+    with pytest.raises(Image.DecompressionBombError):  # refused until the caller opts in
+        open_rgb(tmp_path / "big.jpg", draft_size=256)
+    allow_large_images()  # what the command line does
     img = open_rgb(tmp_path / "big.jpg", draft_size=256)
     assert min(img.size) >= 256
 

@@ -6,9 +6,10 @@ import pytest
 
 from conftest import make_class_folders
 from transferlab.cli import main
-from transferlab.errors import DataError, TransferlabError
-from transferlab.export import export_model
-from transferlab.predict import predict
+from transferlab.core.errors import DataError, TransferlabError
+from transferlab.inference import export
+from transferlab.inference.export import export_model
+from transferlab.inference.predict import predict
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,6 @@ def test_export_parity(compared, fmt):
 
 
 def test_export_parity_check_fails_loudly(compared, monkeypatch):
-    from transferlab import export
-
     _, out = compared
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, is now too much
     with pytest.raises(TransferlabError, match="differs from PyTorch"):

@@ -1,10 +1,11 @@
 import numpy as np
 import torch
 
-from transferlab.backbones import create_backbone
-from transferlab.classify import preprocess
 from transferlab.data import load_dataset
-from transferlab.imagecache import build_image_cache, cache_path, cache_side, eval_batch, train_batch
+from transferlab.data.imagecache import build_image_cache, cache_path, cache_side
+from transferlab.data.transforms import eval_batch, train_batch
+from transferlab.inference.classify import preprocess
+from transferlab.models import backbone_spec
 
 
 def test_cache_built_once_and_reused(class_folders):
@@ -18,7 +19,7 @@ def test_cache_built_once_and_reused(class_folders):
 
 
 def test_cached_eval_matches_direct_preprocessing(class_folders):
-    cfg = create_backbone("efficientnet_lite0", pretrained=False, image_size=40).data_config
+    cfg = backbone_spec("efficientnet_lite0", image_size=40).data_config
     ds = load_dataset(class_folders)
     arr = build_image_cache(ds, cache_side(cfg), cfg["interpolation"], quiet=True)
     direct = preprocess(ds.paths[:3], cfg)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -6,12 +7,20 @@ import pytest
 from conftest import make_class_folders
 from transferlab.cli import main
 from transferlab.data import load_dataset, make_splits, per_class_subset
-from transferlab.studies import benchmark_backbones, recommend, sweep, transferability
-from transferlab.training import TrainConfig
+from transferlab.experiments.backbone_choice import BenchmarkConfig, benchmark_backbones, recommend
+from transferlab.experiments.sweep import SweepConfig, sweep
+from transferlab.experiments.transferability import (
+    DEFAULT_CONFIG,
+    TransferabilityConfig,
+    transferability,
+)
+from transferlab.train import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
 
 
 def test_backbone_benchmark_rows_and_recommendation(tmp_path):
-    res = benchmark_backbones(["test_tiny", "small_cnn"], batch=2, out=tmp_path, repeats=1, quiet=True)
+    config = TrainConfig(schedule=ScheduleConfig(batch_size=2))
+    res = benchmark_backbones(None, config, tmp_path, BenchmarkConfig(names=("test_tiny", "small_cnn"), repeats=1),
+                              quiet=True)
     rows = {r["name"]: r for r in res["rows"]}
     assert set(rows) == {"test_tiny", "small_cnn"}
     for r in rows.values():
@@ -25,9 +34,10 @@ def test_backbone_benchmark_rows_and_recommendation(tmp_path):
 
 def test_sweep_cells_and_nested_subsets(tmp_path):
     data = make_class_folders(tmp_path / "data", n_per_class=12, n_classes=2)
-    config = TrainConfig(backbone="test_tiny", max_epochs=3, views=1, head_hidden=(8,), batch_size=8)
-    res = sweep(str(data), [1, 3, 100], subsets=2, strategies=["probe", "scratch"], config=config,
-                out=tmp_path / "out", quiet=True)
+    config = TrainConfig(ModelConfig(backbone="test_tiny", head_hidden=(8,)),
+                         ScheduleConfig(max_epochs=3, views=1, batch_size=8))
+    res = sweep(DataConfig(str(data)), config, tmp_path / "out",
+                SweepConfig(per_class=(1, 3, 100), subsets=2, strategies=("probe", "scratch")), quiet=True)
     rows = res["rows"]
     assert len(rows) == 3 * 2 * 2  # sizes x subsets x strategies: every cell present
     assert all(0 <= r["test_acc"] <= 1 for r in rows)
@@ -45,7 +55,9 @@ def test_sweep_cells_and_nested_subsets(tmp_path):
 
 def test_transferability_cells(tmp_path):
     data = make_class_folders(tmp_path / "data", n_per_class=10, n_classes=4)
-    res = transferability(str(data), cuts=[1, 3], epochs=2, patience=2, out=tmp_path / "out", quiet=True)
+    config = replace(DEFAULT_CONFIG, schedule=ScheduleConfig(max_epochs=2, patience=2))
+    res = transferability(DataConfig(str(data)), config, tmp_path / "out", TransferabilityConfig(cuts=(1, 3)),
+                          quiet=True)
     rows = res["rows"]
     names = {(r["network"], r["n"]) for r in rows}
     assert {("baseA", 0), ("baseB", 0)} <= names
@@ -56,16 +68,17 @@ def test_transferability_cells(tmp_path):
 
 
 def test_transferability_bad_split(tmp_path):
-    from transferlab.errors import TransferlabError
+    from transferlab.core.errors import TransferlabError
 
     data = make_class_folders(tmp_path / "data", n_per_class=4, n_classes=2)
     with pytest.raises(TransferlabError, match="unknown classes"):
-        transferability(str(data), split="nope", out=tmp_path / "out", quiet=True)
+        transferability(DataConfig(str(data)), DEFAULT_CONFIG, tmp_path / "out", TransferabilityConfig(split="nope"),
+                        quiet=True)
 
 
 def test_small_cnn_has_no_pretrained_weights():
-    from transferlab.backbones import create_backbone
-    from transferlab.errors import BackboneError
+    from transferlab.core.errors import BackboneError
+    from transferlab.models import create_backbone
 
     with pytest.raises(BackboneError, match="from-scratch"):
         create_backbone("small_cnn", pretrained=True)

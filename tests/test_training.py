@@ -11,16 +11,25 @@ import pytest
 import torch
 
 from conftest import make_class_folders
-from transferlab.backbones import create_backbone
 from transferlab.data import load_dataset, make_splits
-from transferlab.engine import TensorBatches, fit_phase
-from transferlab.heads import HeadSpec, TransferModel
+from transferlab.models import Backbone, GroupedNet, HeadSpec, TransferModel, backbone_spec, create_backbone
 from transferlab.runtime import Precision
-from transferlab.strategies import Phase, build_strategy
-from transferlab.training import TrainConfig, prepare, train_one
+from transferlab.train import (
+    Gradient,
+    ModelConfig,
+    Phase,
+    ScheduleConfig,
+    TrainConfig,
+    build_strategy,
+    prepare,
+    train_one,
+)
+from transferlab.train.batches import ImageBatches, TensorBatches
+from transferlab.train.engine import PhaseContext, evaluate, fit_phase
 
 # test_tiny (conftest) stands in for a pretrained backbone so the engine tests take seconds.
-SMALL = TrainConfig(backbone="test_tiny", max_epochs=20, patience=3, views=2, head_hidden=(32,), batch_size=8)
+SMALL = TrainConfig(ModelConfig(backbone="test_tiny", head_hidden=(32,)),
+                    ScheduleConfig(max_epochs=20, patience=3, views=2, batch_size=8))
 CPU = Precision.choose("cpu")
 
 
@@ -43,7 +52,8 @@ def test_every_strategy_learns_an_easy_task(easy, tmp_path, strategy):
 @pytest.mark.parametrize("strategy", ["features", "probe"])
 def test_pretrained_lite0_transfers(easy, tmp_path, strategy):
     ds, splits = easy
-    config = TrainConfig(image_size=32, max_epochs=30, views=2, head_hidden=(32,), batch_size=16)
+    config = TrainConfig(ModelConfig(image_size=32, head_hidden=(32,)),
+                         ScheduleConfig(max_epochs=30, views=2, batch_size=16))
     result = train_one(prepare(ds, splits, config, quiet=True), config, strategy, 0, tmp_path / "run", quiet=True)
     assert result.test_acc >= 0.75, f"{strategy}: {result.test_acc:.2f} (chance is 0.33)"
     if strategy == "probe":  # the regularisation the cross-validation chose is reported
@@ -51,10 +61,10 @@ def test_pretrained_lite0_transfers(easy, tmp_path, strategy):
 
 
 def test_chain_thaw_is_head_then_each_group_then_all():
-    groups = [g.name for g in create_backbone("efficientnet_lite0", pretrained=False).groups]
+    groups = list(backbone_spec("efficientnet_lite0").groups)
     phases = build_strategy("chain-thaw", groups).phases
     assert [p.trainable for p in phases] == [("head",), *[(g,) for g in groups], (*groups, "head")]
-    assert phases[0].lr > phases[1].lr == phases[-1].lr
+    assert phases[0].method.lr > phases[1].method.lr == phases[-1].method.lr
 
 
 def test_frozen_groups_stay_bit_identical(easy):
@@ -62,15 +72,13 @@ def test_frozen_groups_stay_bit_identical(easy):
     prep = prepare(ds, splits, SMALL, quiet=True)
     bb = create_backbone("test_tiny")
     model = TransferModel(bb, 3, HeadSpec((16,)))
-    from transferlab.engine import ImageBatches
-
     before = {k: v.clone() for k, v in model.state_dict().items()}
     thawed = bb.groups[2].name
     train = ImageBatches(prep.cache, splits["train"], ds.labels, prep.data_config, 8)
     val = ImageBatches(prep.cache, splits["val"], ds.labels, prep.data_config, 8, augment=False)
     # bn_eval=False: the thawed group's BatchNorm learns statistics; the frozen ones must not.
-    phase = Phase("one", (thawed,), lr=1e-2, max_epochs=2, patience=5, bn_eval=False)
-    fit_phase(model, bb.groups, phase, train, val, CPU, quiet=True)
+    phase = Phase("one", (thawed,), Gradient(lr=1e-2, max_epochs=2, patience=5, bn_eval=False))
+    fit_phase(model, phase, train, val, PhaseContext(CPU, quiet=True))
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     prefix = "body.stages.2."
@@ -87,26 +95,16 @@ def test_early_stopping_when_validation_loss_rises():
     train = TensorBatches(x[None], y, level=1, batch_size=16)
     val = TensorBatches(x[None, :32], 1 - y[:32], level=1, batch_size=16)
 
-    class Tiny(torch.nn.Module):
-        pooled_level = 1
-
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Sequential(torch.nn.Linear(8, 2))
-
-        def forward(self, x, level=0):
-            return self.head(x)
-
-    model = Tiny()
-    result = fit_phase(model, [], Phase("head", ("head",), lr=0.05, max_epochs=50, patience=3), train, val, CPU,
-                       quiet=True)
+    # A backbone without groups: the model is its linear head, fed at the pooled level (1).
+    empty = Backbone("none", GroupedNet({}, torch.nn.Identity(), torch.nn.Identity(), 8), {}, [], 8)
+    model = TransferModel(empty, 2, HeadSpec(hidden=()))
+    phase = Phase("head", ("head",), Gradient(lr=0.05, max_epochs=50, patience=3))
+    result = fit_phase(model, phase, train, val, PhaseContext(CPU, quiet=True))
     assert result.stopped_early
     assert len(result.history) == result.best_epoch + 3 < 50
     losses = [h["val_loss"] for h in result.history]
     assert result.best_val_loss <= min(losses)  # the starting weights (epoch 0) count too
     # The best weights are back: validation loss now equals the best one.
-    from transferlab.engine import evaluate
-
     assert evaluate(model, val, CPU)[0] == pytest.approx(result.best_val_loss, abs=1e-6)
 
 
@@ -175,7 +173,7 @@ def test_feature_extractor_in_a_pipeline():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from transferlab.features import FeatureExtractor
+    from transferlab import FeatureExtractor
 
     ds = load_dataset("digits")
     rng = np.random.default_rng(0)

@@ -1,0 +1,146 @@
+"""``transferlab data``, ``backbones``, ``strategies`` and ``classify``: look before you train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..data.builtin import load_dataset
+from ..data.splits import make_splits
+from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
+from ..inference.classify import classify
+from ..models.backbone import DEFAULT_BACKBONE
+from ..models.catalog import backbone_info, list_backbones
+from ..train.config import DataConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from ..train.strategies import describe_strategy, list_strategies
+from .common import out
+from .options import add_config_options, add_output_options, config_from_args
+
+WEIGHTS_SHOWN = {"offline": "yes", "download": "no (download)", "none": "none (random init only)"}
+
+
+def run_data(args: argparse.Namespace) -> None:
+    """Classes, counts, splits, skipped files and fingerprint of DATA."""
+    data = config_from_args(DataConfig, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped files are listed below
+        ds = load_dataset(data.source, strict=data.strict)
+    splits = make_splits(ds, seed=data.split_seed)
+    info = {
+        "data": ds.name, "images": len(ds), "classes": ds.counts(),
+        "splits": {k: len(v) for k, v in splits.items()},
+        "predefined_splits": sorted(ds.splits), "skipped": [{"file": f, "reason": r} for f, r in ds.skipped],
+        "fingerprint": ds.fingerprint,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=escape(f"{ds.name}: {len(ds)} images, {len(ds.classes)} classes"))
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for c, n in info["classes"].items():
+        table.add_row(escape(c), str(n))
+    out.print(table)
+    given = ", ".join(info["predefined_splits"]) or "none"
+    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+              + f" (from folders: {given}; split seed {data.split_seed})", highlight=False)
+    out.print(f"skipped files: {len(ds.skipped)}")
+    for f, r in ds.skipped:
+        out.print(f"  {f}: {r}", markup=False, highlight=False)
+    out.print(f"fingerprint: {ds.fingerprint}")
+
+
+def _print_benchmark(res: dict, args: argparse.Namespace) -> None:
+    table = Table(title=escape(f"backbones on this machine ({args.out})"))
+    for col in ("name", "weights", "latency ms", "img/s", "top-1 %", "params M", "GMACs", "probe acc"):
+        table.add_column(col)
+    for r in res["rows"]:
+        table.add_row(r["name"], r["weights"], f"{r['latency_ms']:.1f}", f"{r['throughput_img_s']:.1f}",
+                      str(r["top1"]), str(r["params_m"]), str(r["gmacs"]),
+                      f"{r['probe_acc']:.1%}" if "probe_acc" in r else "-")
+    out.print(table)
+    budget = f" within {args.budget_ms:g} ms" if args.budget_ms else ""
+    out.print(f"recommended{budget}: [bold]{res['recommended'] or 'none fits'}[/bold]")
+
+
+def run_backbones(args: argparse.Namespace) -> None:
+    """List the backbones; with --benchmark, time them here and recommend one."""
+    if args.benchmark:
+        data = config_from_args(DataConfig, args) if args.source else None
+        res = benchmark_backbones(data, config_from_args(TrainConfig, args), args.out,
+                                  config_from_args(BenchmarkConfig, args), quiet=args.quiet)
+        _print_benchmark(res, args)
+        return
+    infos = [backbone_info(n) for n in list_backbones()]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return
+    table = Table(title="backbones (ImageNet figures as published)")
+    for col in ("name", "top-1 %", "params (M)", "GMACs", "weights offline"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(i["name"], str(i.get("top1", "?")), str(i.get("params_m", "?")),
+                      str(i.get("gmacs", "?")), WEIGHTS_SHOWN[i["weights"]])
+    out.print(table)
+
+
+def run_strategies(args: argparse.Namespace) -> None:
+    """The registered strategies, each with what it does."""
+    rows = [{"name": n, "description": describe_strategy(n)} for n in list_strategies()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("what it does")
+    for r in rows:
+        table.add_row(r["name"], r["description"])
+    out.print(table)
+
+
+def run_classify(args: argparse.Namespace) -> None:
+    """ImageNet top-k of each image with a backbone's own pretrained classifier."""
+    results = classify(args.images, backbone=args.backbone, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"file": f, "top": [{"label": lab, "prob": p} for lab, p in r]}
+                          for f, r in zip(args.images, results)], indent=2))
+        return
+    for f, r in zip(args.images, results):
+        out.print(f"[bold]{escape(f)}[/bold]")
+        for lab, p in r:
+            out.print(f"  {p:6.1%}  {lab}", markup=False, highlight=False)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add data, backbones, strategies and classify."""
+    d = sub.add_parser("data", help="inspect a dataset: classes, counts, splits, skipped files")
+    d.add_argument("source", metavar="DATA", help="digits, digits:N, flowers17[:k], or a folder")
+    add_config_options(d, DataConfig, skip=("source",))
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(handler=run_data, subparser=d)
+
+    b = sub.add_parser("backbones", help="list backbones with their metadata; --benchmark times them here")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--benchmark", action="store_true", help="measure latency and throughput on this machine")
+    add_config_options(b, BenchmarkConfig)
+    # --data is optional here: with it, the probe's accuracy is measured for every offline backbone.
+    add_config_options(b, DataConfig, {"source": ""})
+    add_config_options(b, ScheduleConfig, {"batch_size": 8})
+    add_config_options(b, RuntimeConfig)
+    add_output_options(b, "results directory of --benchmark", out_default="runs/backbones")
+    b.set_defaults(handler=run_backbones, subparser=b)
+
+    s = sub.add_parser("strategies", help="list the strategies and what each does")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=run_strategies, subparser=s)
+
+    c = sub.add_parser("classify", help="ImageNet top-k with a backbone's pretrained head")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=run_classify, subparser=c)

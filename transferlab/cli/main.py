@@ -1,0 +1,48 @@
+"""The ``transferlab`` command line: builds the parser from the command modules, makes the process-wide
+settings a command-line run wants, and turns user errors into one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.markup import escape
+
+from ..core.errors import TransferlabError
+from ..core.progress import console
+from ..data.images import allow_large_images
+from ..runtime.allocator import tune_allocator
+from . import deploy, inspect, runs, studies
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one subcommand per task, options generated from the configs."""
+    p = argparse.ArgumentParser(prog="transferlab", description="Transfer learning for image classification.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in (runs, studies, inspect, deploy):
+        module.register(sub)
+    p.set_defaults(root_parser=p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C."""
+    args = build_parser().parse_args(argv)
+    # Process-wide settings belong to the program, not to the library: a notebook that imports
+    # transferlab keeps its own allocator and Pillow limits.
+    tune_allocator()
+    allow_large_images()
+    try:
+        args = runs.apply_config_file(args, argv)
+        return args.handler(args) or 0
+    except TransferlabError as exc:
+        # The message may hold file or class names with brackets: printed as text, not as markup.
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Command line options generated from the config dataclasses, so every command spells a setting the
+same way (``--batch-size``, ``--max-epochs``, ``--split-seed``, ``--device`` ...), with values checked
+at the parser: a bad value is a one-line error naming the option."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..core.config import from_flat, leaf_fields
+
+_NONE = type(None)
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> int; other types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not _NONE]
+        return inner[0] if len(inner) == 1 else str
+    return tp
+
+
+def _number(kind: type, minimum: float | None) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum of {minimum:g}")
+        return value
+    return parse
+
+
+def _sequence(item: type, minimum: float | None) -> Callable[[str], tuple]:
+    """Comma-separated values; for whole numbers also a range ``a..b``."""
+    one = _number(item, minimum) if item in (int, float) else str
+
+    def parse(text: str) -> tuple:
+        if item is int and ".." in text:
+            lo, _, hi = text.partition("..")
+            first, last = one(lo), one(hi)
+            if last < first:
+                raise argparse.ArgumentTypeError(f"{text}: the range is empty")
+            return tuple(range(first, last + 1))
+        values = tuple(one(x.strip()) for x in text.split(",") if x.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names no values")
+        return values
+    return parse
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str, Any] | None = None,
+                       skip: tuple[str, ...] = ()) -> None:
+    """Add an option for every leaf field of the config ``cls`` (defaults overridable per command)."""
+    defaults = defaults or {}
+    group = parser.add_argument_group((cls.__doc__ or cls.__name__).strip().splitlines()[0])
+    for f, tp, _ in leaf_fields(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        kind = _base_type(tp)
+        if kind is bool:
+            # The flag turns away from the dataclass default: --fp32, --no-augment.
+            flag = flag if not f.default else "--no-" + f.name.replace("_", "-")
+            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                               default=default, help=meta.get("help"))
+            continue
+        if typing.get_origin(kind) is tuple:
+            parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))
+        elif kind in (int, float):
+            parse, shown = _number(kind, meta.get("minimum")), default
+        else:
+            parse, shown = str, default
+        # Required settings are checked after parsing (``require``): --config may supply them.
+        note = " (required)" if meta.get("required") and f.name not in defaults else ""
+        help_text = meta.get("help", "") + (f" (default: {shown})" if shown not in (None, "", ()) else note)
+        group.add_argument(flag, dest=f.name, type=parse, default=default, choices=meta.get("choices"),
+                           help=help_text)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config ``cls`` built from parsed options (fields without an option keep their defaults);
+    a required setting left empty is a usage error naming its option."""
+    for f, _, _ in leaf_fields(cls):
+        if f.metadata.get("required") and not getattr(args, f.name, None):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            args.subparser.error(f"the following arguments are required: {flag}")
+    return from_flat(cls, vars(args))
+
+
+def add_output_options(parser: argparse.ArgumentParser, out_help: str, resume: bool = False,
+                       out_default: str | None = None) -> None:
+    """``--out`` and ``--quiet`` (and ``--resume``), the same on every command that writes results."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", default=out_default, help=out_help)
+    group.add_argument("--quiet", action="store_true", help="no progress output")
+    if resume:
+        group.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -1,0 +1,81 @@
+"""``transferlab compare``, ``train`` and ``demo``: strategies x seeds into a results directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.config import flatten
+from ..experiments.compare import CompareConfig, compare, load_experiment
+from ..train.config import DataConfig, TrainConfig
+from ..train.strategies import list_strategies
+from .common import default_out, numbered_out, out, print_summary
+from .options import add_config_options, add_output_options, config_from_args
+
+# The demo: the built-in offline digits, few examples per class (the regime transfer is for), a small
+# input size so that all five strategies finish in minutes on a 2-core CPU.
+DEMO_DEFAULTS = {"source": "digits:40", "image_size": 64, "max_epochs": 12}
+
+
+def _add_run_options(p: argparse.ArgumentParser, defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    add_config_options(p, DataConfig, defaults)
+    add_config_options(p, TrainConfig, defaults)
+    add_config_options(p, CompareConfig, defaults, skip=skip)
+    p.add_argument("--config", help="take the settings from a results directory's config.yaml "
+                                    "(options given here override them)")
+
+
+def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: str = "") -> None:
+    data = config_from_args(DataConfig, args)
+    metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
+                      command=command)
+    print_summary(metrics, out_dir)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    """Compare several strategies on the same splits."""
+    out_dir = args.out or default_out(config_from_args(DataConfig, args).source, "compare", args.resume)
+    _run(args, config_from_args(CompareConfig, args), out_dir)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Train one strategy."""
+    out_dir = args.out or default_out(config_from_args(DataConfig, args).source, args.strategy, args.resume)
+    _run(args, CompareConfig(strategies=(args.strategy,), seeds=args.seeds), out_dir)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """Compare every default strategy on the built-in digits (offline, minutes on a CPU)."""
+    args.out = args.out or numbered_out("runs/demo", args.resume)
+    plan = config_from_args(CompareConfig, args)
+    out.print(f"demo: {', '.join(plan.strategies)} on {args.source} (scikit-learn's digits) with {args.backbone} "
+              f"at {args.image_size}px -> {args.out}", highlight=False)
+    _run(args, plan, args.out, command=f"transferlab demo --out {args.out}")
+    out.print(f"report: {Path(args.out).resolve() / 'report.html'}", highlight=False)
+
+
+def apply_config_file(args: argparse.Namespace, argv: list[str] | None) -> argparse.Namespace:
+    """With ``--config``, parse again with the file's settings as defaults, so given options win."""
+    if not getattr(args, "config", None):
+        return args
+    args.subparser.set_defaults(**flatten(load_experiment(args.config)))
+    return args.root_parser.parse_args(argv)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add compare, train and demo."""
+    c = sub.add_parser("compare", help="train several strategies on the same splits and compare them")
+    _add_run_options(c)
+    add_output_options(c, "results directory (default runs/<data>-compare)", resume=True)
+    c.set_defaults(handler=run_compare, subparser=c)
+
+    t = sub.add_parser("train", help="train one strategy (one seed by default)")
+    t.add_argument("--strategy", default="finetune", choices=list_strategies())
+    _add_run_options(t, skip=("strategies",))
+    add_output_options(t, "results directory (default runs/<data>-<strategy>)", resume=True)
+    t.set_defaults(handler=run_train, subparser=t)
+
+    d = sub.add_parser("demo", help="compare all strategies on the built-in offline digits (minutes)")
+    _add_run_options(d, DEMO_DEFAULTS)
+    add_output_options(d, "results directory (default runs/demo, or runs/demo-2 ... if taken)", resume=True)
+    d.set_defaults(handler=run_demo, subparser=d)

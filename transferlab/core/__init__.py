@@ -1,0 +1,1 @@
+"""What every layer uses: errors, the one atomic write, progress output, the cache home, registries."""

@@ -1,0 +1,49 @@
+"""Progress output (rich), silenced with ``quiet``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+class _Bar:
+    """A handle on one progress task; does nothing when quiet."""
+
+    def __init__(self, progress: Progress | None, task: int | None):
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, **fields)
+
+    def update(self, **fields: object) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, **fields)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool = False,
+                 status: bool = False) -> Iterator[_Bar]:
+    """A rich progress bar on stderr; ``status=True`` adds a free-text ``info`` field."""
+    if quiet:
+        yield _Bar(None, None)
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(description, total=total, info="")
+        yield _Bar(progress, task)

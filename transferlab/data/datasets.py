@@ -1,0 +1,196 @@
+"""Image datasets: labelled images, their given splits, skipped files and a content fingerprint;
+loading a folder of class folders or a folder with train/ val/ test/ class folders.
+
+A dataset is a list of images (files, or arrays held in memory) with integer labels, the class
+names, any predefined splits, the files that were skipped and why, and a fingerprint of the content
+that caches are keyed by. Every image is decoded once when a folder is first scanned, so corrupt
+files are found up front (the scan is remembered per listing, so later runs skip the decode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..core.errors import DataError
+from ..core.io import write_json
+from ..core.paths import cache_home
+from .images import IMAGE_EXTENSIONS, check_image, open_rgb
+
+SPLIT_NAMES = ("train", "val", "test")
+DATA_HELP = ("DATA must be 'digits', 'flowers17[:1|2|3]', a folder of class folders, "
+             "or a folder with train/ val/ test/ class folders")
+
+
+class DataWarning(UserWarning):
+    """An image was skipped (unreadable or corrupt)."""
+
+
+@dataclass
+class ImageDataset:
+    """Labelled images and what is known about them.
+
+    Attributes:
+        name: what the user passed (``digits``, a path, ...).
+        classes: class names; label ``k`` is ``classes[k]``.
+        labels: int64 array, one label per image.
+        paths: image files (None for in-memory datasets).
+        arrays: (N, H, W, 3) uint8 images for in-memory datasets (None for files).
+        splits: predefined splits by name ('train', 'val', 'test') as index arrays; may be empty.
+        skipped: ``(file, reason)`` for every image file that could not be read.
+        fingerprint: hash of the content (images and labels); caches are keyed by it.
+    """
+
+    name: str
+    classes: list[str]
+    labels: np.ndarray
+    paths: list[Path] | None = None
+    arrays: np.ndarray | None = None
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int, draft_size: int | None = None) -> Image.Image:
+        """Image ``i`` as RGB; ``draft_size`` lets JPEG decode at a reduced scale >= that size."""
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[i])
+        return open_rgb(self.paths[i], draft_size)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class."""
+        return {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def _image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files under ``folder`` (recursive, sorted) and the number of other files ignored."""
+    images, others = [], 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            others += 1
+    return images, others
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
+    """Content fingerprint of ``files`` and the reasons of those that do not decode.
+
+    Decoding every file takes a while on big sets, so the result is remembered per listing
+    (relative path, size, mtime) in the cache folder.
+    """
+    listing = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        listing.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    memo = cache_home() / "scans" / f"{listing.hexdigest()[:32]}.json"
+    if memo.is_file():
+        saved = json.loads(memo.read_text())
+        return saved["fingerprint"], saved["bad"]
+    content = hashlib.sha256()
+    bad: dict[str, str] = {}
+    for f in files:
+        data = f.read_bytes()
+        content.update(hashlib.sha256(data).digest())
+        reason = check_image(data)
+        if reason:
+            bad[str(f)] = reason
+    fingerprint = content.hexdigest()[:16]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json(memo, {"fingerprint": fingerprint, "bad": bad})
+    return fingerprint, bad
+
+
+def label_hash(fingerprint: str, labels: np.ndarray, extra: str = "") -> str:
+    h = hashlib.sha256(f"{fingerprint}\0{extra}".encode())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def files_dataset(name: str, root: Path, entries: list[tuple[Path, str, str | None]],
+                   classes: list[str], strict: bool) -> ImageDataset:
+    """Build a dataset from ``(file, class, split or None)`` entries, skipping unreadable images."""
+    files = [e[0] for e in entries]
+    fingerprint, bad = _scan(files, root)
+    if bad and strict:
+        listing = "\n".join(f"  {f}: {r}" for f, r in bad.items())
+        raise DataError(f"{len(bad)} unreadable image(s) in {root} (--strict):\n{listing}")
+    for f, reason in bad.items():
+        warnings.warn(f"skipped {f}: {reason}", DataWarning, stacklevel=3)
+    kept = [e for e in entries if str(e[0]) not in bad]
+    present = {c for _, c, _ in kept}
+    for c in classes:
+        if c not in present:
+            raise DataError(f"class {c!r} has no readable images (all were skipped: "
+                            f"{', '.join(f for f in bad if Path(f).parent.name == c)}); "
+                            "fix or remove those files")
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[c] for _, c, _ in kept], dtype=np.int64)
+    splits = {}
+    for s in SPLIT_NAMES:
+        idx = np.array([i for i, e in enumerate(kept) if e[2] == s], dtype=np.int64)
+        if len(idx):
+            splits[s] = idx
+    return ImageDataset(name, classes, labels, paths=[e[0] for e in kept], splits=splits,
+                        skipped=sorted(bad.items()), fingerprint=label_hash(fingerprint, labels, ",".join(classes)))
+
+
+def _check_classes(classes: list[str], where: Path) -> None:
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class folders"
+        raise DataError(f"{where} has {found}; classification needs at least two class folders, "
+                        "one per class, each holding that class's images")
+
+
+def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
+    """A folder of class folders, or a folder with train/ val/ test/ (any subset) of class folders."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root} does not exist. {DATA_HELP}")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder. {DATA_HELP}")
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    split_dirs = {s: subdirs[s] for s in SPLIT_NAMES if s in subdirs}
+    if split_dirs and set(subdirs) - set(split_dirs):
+        extra = sorted(set(subdirs) - set(split_dirs))
+        raise DataError(f"{root} mixes split folders ({', '.join(split_dirs)}) with other folders "
+                        f"({', '.join(extra)}); use either train/ val/ test/ or class folders")
+    layout = split_dirs or {None: root}
+    entries: list[tuple[Path, str, str | None]] = []
+    classes: set[str] = set()
+    for split, folder in layout.items():
+        class_dirs = _class_dirs(folder)
+        if not class_dirs:
+            loose, _ = _image_files(folder)
+            hint = " It holds images directly: put each class in its own subfolder." if loose else ""
+            raise DataError(f"{folder} has no class folders.{hint} {DATA_HELP}")
+        for d in class_dirs:
+            files, others = _image_files(d)
+            if not files:
+                raise DataError(f"class folder {d} has no images ({others} other file(s) ignored); "
+                                "add images to it or remove the folder")
+            entries += [(f, d.name, split) for f in files]
+            classes.add(d.name)
+    ordered = sorted(classes)
+    _check_classes(ordered, root)
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root} has {', '.join(split_dirs)} but no train/ folder")
+    return files_dataset(str(root), root, entries, ordered, strict)

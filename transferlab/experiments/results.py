@@ -1,0 +1,103 @@
+"""The results of a comparison: summaries over seeds (mean +- CI), the winner, and the files that
+record them (metrics.json, history.csv, manifest.json)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.io import atomic_path, write_json
+from ..train.run import Prepared, RunResult
+
+if TYPE_CHECKING:
+    from .compare import Experiment
+
+HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds"]
+
+
+def model_folder(out: Path, strategy: str, seed: int) -> Path:
+    """Where the run of ``strategy`` with ``seed`` keeps its weights in the results directory ``out``."""
+    return out / strategy / f"seed{seed}"
+
+
+def results_root(folder: Path) -> Path | None:
+    """The results directory (the one holding config.yaml) that a model folder belongs to, if any."""
+    return next((p for p in (folder, *folder.parents) if (p / "config.yaml").is_file()), None)
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (0 for a single value)."""
+    from scipy.stats import t
+
+    arr = np.asarray(values, dtype=float)
+    if len(arr) < 2:
+        return float(arr.mean()), 0.0
+    half = t.ppf(0.5 + level / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return float(arr.mean()), float(half)
+
+
+def summarise(results: list[RunResult]) -> dict[str, dict[str, float]]:
+    """Per strategy: mean test accuracy +- 95% CI over seeds, mean val accuracy, epochs, seconds."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r.strategy for r in results):
+        rs = [r for r in results if r.strategy == name]
+        acc, ci = mean_ci([r.test_acc for r in rs])
+        out[name] = {"test_acc": acc, "test_acc_ci95": ci, "val_acc": float(np.mean([r.val_acc for r in rs])),
+                     "epochs": float(np.mean([r.epochs for r in rs])),
+                     "seconds": float(np.mean([r.seconds for r in rs])), "seeds": len(rs)}
+    return out
+
+
+def winner(summary: dict[str, dict[str, float]]) -> str:
+    """Highest mean test accuracy; ties go to the faster strategy."""
+    return max(summary, key=lambda s: (round(summary[s]["test_acc"], 6), -summary[s]["seconds"]))
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import timm
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+            "transferlab": __version__}
+
+
+def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunResult],
+                  started: float, command: str) -> dict[str, Any]:
+    """(Re)write metrics.json, history.csv and manifest.json from the runs finished so far."""
+    summary = summarise(results)
+    metrics = {"runs": [r.summary() for r in results], "summary": summary,
+               "winner": winner(summary) if summary else None}
+    write_json(out / "metrics.json", metrics)
+    with atomic_path(out / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, HISTORY_FIELDS)
+        writer.writeheader()
+        for r in results:
+            for h in r.history:
+                writer.writerow({"strategy": r.strategy, "seed": r.seed, **{k: h[k] for k in HISTORY_FIELDS[2:]}})
+    ds = prep.dataset
+    write_json(out / "manifest.json", {
+        "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),
+        "split_seed": exp.data.split_seed,
+        "data": {"name": ds.name, "images": len(ds), "classes": ds.classes, "fingerprint": ds.fingerprint,
+                 "splits": {k: len(v) for k, v in prep.splits.items()},
+                 "skipped": [{"file": f, "reason": r} for f, r in ds.skipped]},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "precision": prep.precision.describe()},
+        "wall_seconds": {"total": time.time() - started,
+                         **{f"{r.strategy}/seed{r.seed}": r.seconds for r in results}},
+        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in prep.data_config.items()},
+    })
+    return metrics

@@ -1,0 +1,1 @@
+"""Inference: predict with a trained run, ImageNet classification with a pretrained backbone, export."""

@@ -1,0 +1,49 @@
+"""ImageNet top-k with a backbone's own pretrained classifier (a sanity check of the weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import DataError
+from ..data.imagecache import cache_side, resize_center
+from ..data.images import open_rgb
+from ..data.transforms import eval_batch
+from ..models.backbone import DEFAULT_BACKBONE
+from ..models.catalog import create_backbone
+
+
+def preprocess(paths: list[Path], data_config: dict) -> torch.Tensor:
+    """Decode, resize and centre-crop image files exactly as the training pipeline evaluates them."""
+    side = cache_side(data_config)
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(resize_center(open_rgb(path, draft_size=side), side, data_config["interpolation"]))
+        except FileNotFoundError:
+            raise DataError(f"{path} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable image ({exc})") from None
+    return eval_batch(np.stack(arrays), data_config)
+
+
+def imagenet_names() -> list[str]:
+    """The 1,000 ImageNet class descriptions in index order (from timm's class info)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+@torch.no_grad()
+def classify(paths: list[str | Path], backbone: str = DEFAULT_BACKBONE,
+             top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """ImageNet top-``k`` (label, probability) for each image with a pretrained backbone."""
+    bb = create_backbone(backbone, pretrained=True)
+    x = preprocess([Path(p) for p in paths], bb.data_config)
+    probs = bb.model.eval()(x).softmax(-1)
+    names = imagenet_names()
+    values, indices = probs.topk(top_k, dim=-1)
+    return [[(names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]

@@ -1,0 +1,52 @@
+"""Trained models saved in a results directory: find one, rebuild it offline from its files.
+
+A model folder holds ``model.safetensors`` (weights) and ``model.json`` (backbone name,
+preprocessing, head, classes), enough to rebuild the model without a network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from ..core.errors import TransferlabError
+from ..experiments.results import model_folder, results_root
+from ..models.catalog import create_backbone
+from ..models.heads import HeadSpec, TransferModel
+
+
+def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
+    """The model folder of a results directory: the named strategy's best seed, or the winner's."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.json").is_file():
+        return run_dir
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise TransferlabError(f"{run_dir} is not a transferlab results directory (no metrics.json or "
+                               "model.json); pass the --out folder of a compare or train run")
+    metrics = json.loads(metrics_path.read_text())
+    name = strategy or metrics["winner"]
+    runs = [r for r in metrics["runs"] if r["strategy"] == name]
+    if not runs:
+        raise TransferlabError(f"{run_dir} has no finished run of strategy {name!r}; it has "
+                               f"{', '.join(sorted({r['strategy'] for r in metrics['runs']}))}")
+    best = max(runs, key=lambda r: r["test_acc"])
+    return model_folder(run_dir, name, best["seed"])
+
+
+def load_model(run_dir: str | Path, strategy: str | None = None) -> tuple[TransferModel, dict[str, Any]]:
+    """The trained model of a run (eval mode, CPU) and its ``model.json`` information."""
+    folder = find_model_dir(run_dir, strategy)
+    info = json.loads((folder / "model.json").read_text())
+    cfg = info["data_config"]
+    bb = create_backbone(info["backbone"], pretrained=False, image_size=cfg["input_size"][-1])
+    bb.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    model = TransferModel(bb, info["num_classes"], HeadSpec.from_dict(info["head"]))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    info["folder"] = str(folder)
+    root = results_root(folder)
+    info["run_dir"] = str(root) if root else None
+    return model.eval(), info

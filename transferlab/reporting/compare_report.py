@@ -1,0 +1,120 @@
+"""The report of a comparison: HTML + Markdown with embedded plots, built from the results directory.
+
+Everything is computed from the results directory (metrics.json, history.csv, manifest.json,
+splits.npz and each run's test predictions), so a report can be rebuilt from a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
+from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified
+from .render import Section, render
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
+    rows = [["strategy", "test accuracy", "val accuracy", "epochs", "seconds", "seeds"]]
+    for name, s in summary.items():
+        ci = f" ± {s['test_acc_ci95'] * 100:.1f}" if s["seeds"] > 1 else ""
+        rows.append([name + (" (winner)" if name == best else ""), _pct(s["test_acc"]) + ci, _pct(s["val_acc"]),
+                     f"{s['epochs']:.0f}", f"{s['seconds']:.1f}", str(s["seeds"])])
+    return Section("Results", f"Winner: {best}, with {_pct(summary[best]['test_acc'])} test accuracy "
+                   f"on {manifest['data']['splits'].get('test', '?')} test images.", rows,
+                   plot_accuracy(summary, plots / "accuracy.png"))
+
+
+def _benefits(summary: dict, history: list[dict[str, Any]]) -> Section | None:
+    curved = [n for n in summary if n != SCRATCH and len(curve(history, n)["epoch"]) >= 2]
+    if SCRATCH not in summary or not curved:
+        return None
+    pretrained = max(curved, key=lambda n: summary[n]["test_acc"])
+    b = transfer_benefits(history, pretrained)
+    rows = [["benefit (Torrey & Shavlik)", pretrained, SCRATCH, "difference"]]
+    for key, label in (("start", "higher start: val. accuracy after epoch 1"),
+                       ("slope", f"higher slope: mean gain per epoch, epochs 1-{EARLY_EPOCHS}"),
+                       ("auc_early", f"area under the curve, epochs 1-{EARLY_EPOCHS} (mean acc.)"),
+                       ("asymptote", "higher asymptote: best val. accuracy")):
+        p, s = b[pretrained][key], b[SCRATCH][key]
+        rows.append([label, _pct(p), _pct(s), f"{(p - s) * 100:+.1f} pts"])
+    note = ("Measured on the validation curves above. A pretrained head phase can start so high that its "
+            "slope is small: the slope row is only a benefit when both start from a similar level.")
+    return Section("The three benefits of transfer", note, rows)
+
+
+def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndarray | None) -> list[Section]:
+    """The winner's confusion matrix, per-class accuracy and misclassified test images."""
+    best, plots = metrics["winner"], out / "plots"
+    seed = next(r["seed"] for r in metrics["runs"] if r["strategy"] == best)
+    pred_path = out / best / f"seed{seed}" / "test_predictions.npy"
+    splits = np.load(out / "splits.npz")
+    if not pred_path.is_file() or "labels" not in splits:
+        return []
+    y_pred = np.load(pred_path)
+    test_idx = splits["test"]
+    y_true = splits["labels"][test_idx]
+    cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
+    per_class = [["class", "test images", "accuracy"]]
+    for k, c in enumerate(classes):
+        n = int(cm[k].sum())
+        per_class.append([c, str(n), _pct(cm[k, k] / n) if n else "-"])
+    sections = [Section(f"Confusion matrix and per-class accuracy of the winner ({best})", "", per_class,
+                        plot_confusion(cm, classes, f"{best}: test set", plots / "confusion.png"))]
+    wrong = np.flatnonzero(y_pred != y_true)
+    if images is not None and len(wrong):
+        grid = plot_misclassified([np.asarray(images[test_idx[i]]) for i in wrong[:32]],
+                                  [f"{classes[y_true[i]]} → {classes[y_pred[i]]}" for i in wrong[:32]],
+                                  plots / "misclassified.png")
+        sections.append(Section("Misclassified test images (true → predicted)",
+                                f"{len(wrong)} of {len(y_true)} test images.", image=grid))
+    return sections
+
+
+def _how_run(manifest: dict) -> Section:
+    data, machine = manifest["data"], manifest["machine"]
+    rows = [["item", "value"], ["data", f"{data['name']} ({data['images']} images, {len(data['classes'])} classes)"],
+            ["data fingerprint", data["fingerprint"]],
+            ["splits", ", ".join(f"{k} {n}" for k, n in data["splits"].items())],
+            ["skipped files", str(len(data["skipped"]))],
+            ["seeds", ", ".join(map(str, manifest["seeds"])) + f" (split seed {manifest['split_seed']})"],
+            ["machine", f"{machine['platform']}, {machine['cpus']} CPUs, {machine['precision']}"],
+            ["versions", ", ".join(f"{k} {x}" for k, x in manifest["versions"].items())],
+            ["wall time", f"{manifest['wall_seconds']['total']:.0f} s"],
+            ["reproduce", manifest["command"]]]
+    return Section("How this was run", "", rows)
+
+
+def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
+    """Build report.html / report.md / plots/*.png for the results directory ``out``.
+
+    Args:
+        images: the uint8 image cache (N, S, S, 3), to show misclassified test images; optional.
+    """
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    history = read_history(out)
+    summary, best = metrics["summary"], metrics["winner"]
+    sections = [
+        _results(summary, best, manifest, plots),
+        Section("Learning curves",
+                "Validation accuracy after every epoch of every phase (seed 0), against the epoch and against "
+                "wall-clock time. Pretrained strategies in colour, scratch dashed.",
+                image=plot_curves(history, list(summary), plots / "curves.png")),
+        _benefits(summary, history),
+        *_winner_errors(out, metrics, manifest["data"]["classes"], images),
+        _how_run(manifest),
+    ]
+    html_path, _ = render(f"transferlab report: {manifest['data']['name']}", [s for s in sections if s], out)
+    return html_path

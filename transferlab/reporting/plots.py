@@ -1,0 +1,102 @@
+"""The plots of a comparison report (matplotlib's object-oriented API: no pyplot, no global backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .curves import SCRATCH, curve
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out and write ``fig`` as a PNG (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_accuracy(summary: dict[str, dict[str, float]], path: Path) -> Path:
+    """Test accuracy (mean and CI) and time per strategy, side by side."""
+    names = list(summary)
+    fig = Figure(figsize=(10, 3.6))
+    a, b = fig.subplots(1, 2)
+    acc = [summary[n]["test_acc"] * 100 for n in names]
+    ci = [summary[n]["test_acc_ci95"] * 100 for n in names]
+    colors = ["#999999" if n == SCRATCH else "#2b7bba" for n in names]
+    a.bar(names, acc, yerr=ci, capsize=4, color=colors)
+    for i, v in enumerate(acc):
+        a.text(i, v + 1, f"{v:.1f}", ha="center", fontsize=9)
+    a.set_ylabel("test accuracy (%)")
+    a.set_ylim(0, 105)
+    a.set_title("accuracy per strategy (mean ± 95% CI over seeds)")
+    secs = [summary[n]["seconds"] for n in names]
+    b.bar(names, secs, color=colors)
+    b.set_ylabel("wall seconds per run")
+    b.set_title("time per strategy")
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=20)
+    return save_figure(fig, path)
+
+
+def plot_curves(history: list[dict[str, Any]], strategies: list[str], path: Path) -> Path:
+    """Validation accuracy against epochs and against seconds; phase starts of step-wise strategies."""
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
+    for name in strategies:
+        c = curve(history, name)
+        if len(c["epoch"]) < 2:
+            continue  # single-step strategies (probe) have no curve
+        style = {"color": "#777777", "linestyle": "--"} if name == SCRATCH else {}
+        (line,) = a.plot(c["epoch"], c["val_acc"] * 100, marker=".", label=name, **style)
+        b.plot(c["seconds"], c["val_acc"] * 100, marker=".", label=name, **style)
+        if len(c["phase_starts"]) > 1:  # step-wise (chain-thaw, gradual): mark where each step begins
+            for s in c["phase_starts"]:
+                a.axvline(s + 0.5, color=line.get_color(), alpha=0.25, linewidth=1)
+    a.set_xlabel("epoch (all phases)")
+    b.set_xlabel("wall-clock seconds")
+    for ax in (a, b):
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a.set_title("learning curves (thin lines: steps of step-wise strategies)")
+    b.set_title("accuracy against time")
+    return save_figure(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """The confusion matrix with counts."""
+    n = len(classes)
+    fig = Figure(figsize=(min(2 + 0.45 * n, 10), min(1.6 + 0.45 * n, 9)))
+    ax = fig.subplots()
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_misclassified(images: list[np.ndarray], captions: list[str], path: Path) -> Path | None:
+    """A grid of images with captions (true -> predicted)."""
+    if not images:
+        return None
+    cols = min(8, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, cap in zip(axes.ravel(), images, captions):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(cap, fontsize=7)
+    return save_figure(fig, path)

@@ -1,0 +1,72 @@
+"""The settings of a run, as frozen dataclasses: the data, the model, the schedule, the runtime.
+
+config.yaml is written from these and read back into them, and the command line options are
+generated from their fields (``core.config.option``), so a setting has one name everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.config import option
+from ..models.backbone import DEFAULT_BACKBONE
+from .strategies import StrategyOptions
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, and how they are split."""
+
+    source: str = option("", "digits, digits:N, flowers17[:k], or a folder", flag="--data", required=True)
+    split_seed: int = option(0, "seed of the train/val/test split", minimum=0)
+    strict: bool = option(False, "unreadable images are an error instead of being skipped")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: which backbone, at what input size, and the new head."""
+
+    backbone: str = option(DEFAULT_BACKBONE, "backbone name (see transferlab backbones)")
+    image_size: int | None = option(None, "input size in px instead of the backbone's own", minimum=8)
+    head_hidden: tuple[int, ...] = option((256, 256), "widths of the head's dense layers, comma-separated",
+                                        minimum=1)
+    dropout: float = option(0.3, "dropout between the head's dense layers")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How long and on what each phase trains."""
+
+    batch_size: int = option(32, "images per batch", minimum=1)
+    max_epochs: int | None = option(None, "cap on the epochs of every phase", minimum=1)
+    patience: int | None = option(None, "cap on the early-stopping patience of every phase", minimum=1)
+    augment: bool = option(True, "random crops and flips while training")
+    views: int = option(3, "cached augmented views per image for phases with a frozen prefix", minimum=1)
+    probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
+    discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how fast it runs; none of it should change what is learnt beyond float rounding."""
+
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    fp32: bool = option(False, "no bf16 autocast")
+    fold_bn: bool = option(True, "fold eval-mode BatchNorm into the convolutions before it")
+    prefix_cache: bool = option(True, "cache the input of the first trainable group instead of rerunning "
+                                      "the frozen ones")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run's result besides the data."""
+
+    model: ModelConfig = ModelConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def strategy_options(self) -> StrategyOptions:
+        """The strategy builders' knobs, with the schedule's caps applied."""
+        s = self.schedule
+        return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative).scaled(
+            s.max_epochs, s.patience)

@@ -1,0 +1,234 @@
+"""The one training loop: run a gradient Phase with early stopping, best-weights restore and checkpoints.
+
+``fit_phase`` reads top to bottom: make the phase's parts trainable (the rest frozen, their
+BatchNorm in eval mode), build a fresh optimizer, then per epoch train, validate, keep the best
+weights, write a checkpoint, and stop when the validation loss has not improved for ``patience``
+epochs. Every epoch draws its randomness (shuffling, augmentation, dropout) from a seed derived from
+(seed, phase, epoch), so a run resumed from a checkpoint continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.progress import progress_bar
+from ..models.heads import TransferModel
+from ..runtime.bnfold import FoldMemo, folded_batchnorm
+from ..runtime.device import Precision
+from .batches import Batches
+from .checkpoints import PhaseState
+from .strategies import Gradient, Phase
+
+# ---------------------------------------------------------------------------------------------
+# Freezing and optimizers
+
+
+def freeze(model: TransferModel, trainable: tuple[str, ...]) -> list[nn.Module]:
+    """Set ``requires_grad`` so that only ``trainable`` parts learn; return the frozen modules."""
+    by_name = model.parts()
+    unknown = set(trainable) - set(by_name)
+    if unknown:
+        raise ValueError(f"phase names unknown parts {sorted(unknown)}; known: {list(by_name)}")
+    frozen: list[nn.Module] = []
+    for name, part in by_name.items():
+        on = name in trainable
+        for p in part.params:
+            p.requires_grad_(on)
+        if not on:
+            frozen += part.modules
+    return frozen
+
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module], frozen_bn_eval: bool = True,
+                   bn_eval: bool = False) -> None:
+    """Training mode, except frozen parts stay in eval mode (BatchNorm statistics untouched), and
+    with ``bn_eval`` every BatchNorm uses its stored statistics."""
+    model.train()
+    if frozen_bn_eval:
+        for m in frozen:
+            m.eval()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _adam(params: list[dict], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+
+
+def _adamw(params: list[dict], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def _sgd(params: list[dict], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], float, float], torch.optim.Optimizer]] = {
+    "adam": _adam, "adamw": _adamw, "sgd": _sgd}
+
+
+def make_optimizer(model: TransferModel, trainable: tuple[str, ...], method: Gradient) -> torch.optim.Optimizer:
+    """A fresh optimizer over the ``trainable`` parts, with per-part rates where given."""
+    by_name = model.parts()
+    param_groups = [{"params": by_name[n].params, "lr": method.group_lr.get(n, method.lr)}
+                    for n in trainable if by_name[n].params]
+    return OPTIMIZERS[method.optimizer](param_groups, method.lr, method.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def folded(model: nn.Module, data: Batches, precision: Precision) -> contextlib.AbstractContextManager:
+    """Eval-mode BatchNorm folded into the convolutions for passes from ``data``'s level (runtime.bnfold)."""
+    @functools.cache
+    def sample() -> torch.Tensor:  # built only if the pairs are searched for, then once
+        return next(iter(data.batches(None)))[0][:2]
+
+    def run() -> torch.Tensor:  # float32, no autocast: see runtime.bnfold.folded_batchnorm
+        return model(precision.to_input(sample().float()), level=data.level)
+    memo = getattr(model, "fold_memo", None) or FoldMemo()
+    return folded_batchnorm(model, run, key=("logits", data.level), enabled=precision.fold_bn and len(data) > 0,
+                            memo=memo)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels for every example of ``data``, in order."""
+    model.eval()
+    outs, ys = [], []
+    with folded(model, data, precision):
+        for x, y in data.batches(None):
+            with precision.autocast():
+                outs.append(model(precision.to_input(x), level=data.level).float().cpu())
+            ys.append(y)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate(model: nn.Module, data: Batches, precision: Precision) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on ``data``."""
+    logits, y = predict_logits(model, data, precision)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def epoch_seed(seed: int, phase_index: int, epoch: int) -> int:
+    """The seed of one epoch's randomness: a function of (run seed, phase, epoch) only."""
+    return (seed * 1_000_003 + phase_index * 10_007 + epoch) % (2**63)
+
+
+@dataclass
+class PhaseContext:
+    """How a phase runs, beyond what it trains.
+
+    Attributes:
+        precision: device, autocast and memory format.
+        seed, phase_index: fix every epoch's randomness (``epoch_seed``).
+        resume: the state an interrupted run of this phase saved.
+        checkpoint: called at every epoch end with the state to save.
+        quiet: no progress bar.
+    """
+
+    precision: Precision
+    seed: int = 0
+    phase_index: int = 0
+    resume: PhaseState | None = None
+    checkpoint: Callable[[PhaseState], None] | None = None
+    quiet: bool = False
+
+
+@dataclass
+class PhaseResult:
+    """What a phase did: per-epoch history, the best validation loss/accuracy, and when it stopped."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_loss: float = float("inf")
+    best_val_acc: float = 0.0
+    best_epoch: int = -1  # 0: the starting weights were best
+    stopped_early: bool = False
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of what training can change: parameters that require grad, and all buffers."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
+
+
+def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
+                 generator: torch.Generator) -> float:
+    """One pass over ``train``; the mean training loss."""
+    total, count = 0.0, 0
+    for x, y in train.batches(generator):
+        with precision.autocast():
+            loss = F.cross_entropy(model(precision.to_input(x), level=train.level).float(), y.to(precision.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * len(y), count + len(y)
+    return total / max(count, 1)
+
+
+def _record(state: PhaseState, model: nn.Module, row: dict[str, Any]) -> None:
+    """Add an epoch to the history; keep the weights if the validation loss improved."""
+    state.history.append(row)
+    state.epoch = row["epoch"] - 1
+    if row["val_loss"] < state.best_val_loss - 1e-6:
+        state.best_val_loss, state.best_val_acc, state.best_epoch = row["val_loss"], row["val_acc"], row["epoch"]
+        state.best_state, state.bad_epochs = _trainable_state(model), 0
+    else:
+        state.bad_epochs += 1
+
+
+def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, ctx: PhaseContext) -> PhaseResult:
+    """Train ``model`` for one gradient phase; return its history with the best weights restored.
+
+    ``train`` and ``val`` give batches at the level where the first trainable part starts.
+    """
+    method: Gradient = phase.method
+    frozen = freeze(model, phase.trainable)
+    optimizer = make_optimizer(model, phase.trainable, method)
+    if ctx.resume is not None:
+        state = ctx.resume
+        optimizer.load_state_dict(state.optimizer)
+    else:
+        # The starting weights are a candidate too: a step that only makes validation worse
+        # (common in chain-thaw) is undone rather than passed on to the next step.
+        val_loss, val_acc = evaluate(model, val, ctx.precision)
+        state = PhaseState(best_val_loss=val_loss, best_val_acc=val_acc, best_epoch=0,
+                           best_state=_trainable_state(model))
+    with folded(model, val, ctx.precision), \
+            progress_bar(f"{phase.name:>14s}", method.max_epochs, ctx.quiet, status=True) as bar:
+        bar.advance(state.epoch + 1)
+        for epoch in range(state.epoch + 1, method.max_epochs):
+            if state.bad_epochs >= method.patience:
+                break
+            t0 = time.perf_counter()
+            seed_e = epoch_seed(ctx.seed, ctx.phase_index, epoch)
+            torch.manual_seed(seed_e)  # dropout
+            set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
+            train_loss = _train_epoch(model, train, optimizer, ctx.precision,
+                                      torch.Generator().manual_seed(seed_e))  # order and augmentation
+            val_loss, val_acc = evaluate(model, val, ctx.precision)
+            _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,
+                                   "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0})
+            bar.advance(info=f"train {train_loss:.3f}  val {val_loss:.3f}  acc {val_acc:.1%}")
+            if ctx.checkpoint is not None:
+                state.optimizer = optimizer.state_dict()
+                ctx.checkpoint(state)
+    model.load_state_dict(state.best_state, strict=False)
+    return PhaseResult(state.history, state.best_val_loss, state.best_val_acc, state.best_epoch,
+                       stopped_early=state.bad_epochs >= method.patience)

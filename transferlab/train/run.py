@@ -1,0 +1,220 @@
+"""One training run: a strategy and a seed on prepared data, from the first phase to saved weights.
+
+For every phase the run picks the cheapest input that is still exact: when the first ``k``
+groups are frozen it caches the input of group ``k + 1`` (``views`` augmented views per image) and
+trains only the rest; when only the head trains on a pristine pretrained backbone, the pooled
+features come from the on-disk feature store shared by all strategies and seeds. A checkpoint is
+written atomically after every epoch, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..core.io import atomic_path, read_json, write_json
+from ..data.datasets import ImageDataset
+from ..data.imagecache import build_image_cache, cache_side
+from ..models.backbone import Backbone
+from ..models.catalog import backbone_spec, create_backbone
+from ..models.heads import HEAD, LINEAR_HEAD, HeadSpec, TransferModel, model_config
+from ..runtime.device import Precision
+from .batches import Batches, ImageBatches, TensorBatches
+from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .engine import PhaseContext, evaluate, predict_logits
+from .features import FeatureStore, ImageSource, advance, encode
+from .runners import PhaseRun, runner_for
+from .strategies import Phase, Strategy, build_strategy
+
+
+@dataclass
+class Prepared:
+    """Data shared by every run of an experiment: the dataset, its splits and its image cache."""
+
+    dataset: ImageDataset
+    splits: dict[str, np.ndarray]
+    data_config: dict[str, Any]
+    cache: np.ndarray
+    precision: Precision
+
+
+def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
+            quiet: bool = False) -> Prepared:
+    """Resolve the preprocessing of the backbone and decode every image once into the cache."""
+    data_config = backbone_spec(config.model.backbone, config.model.image_size).data_config
+    cache = build_image_cache(dataset, cache_side(data_config), data_config["interpolation"], quiet=quiet)
+    rt = config.runtime
+    return Prepared(dataset, splits, data_config, cache, Precision.choose(rt.device, rt.fp32, rt.fold_bn))
+
+
+@dataclass
+class RunResult:
+    """What one run of a strategy with a seed gave (result.json; a row of metrics.json)."""
+
+    strategy: str
+    seed: int
+    test_acc: float
+    val_acc: float
+    test_loss: float
+    epochs: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the C the probe's cross-validation chose
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-epoch history."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "history"}
+
+
+class PhaseInputs:
+    """The batches of each phase, at the level where its first trainable part starts.
+
+    Levels: 0 is the image; ``k`` the input of group ``k``; ``pooled_level`` the head's input.
+    A cached prefix is carried from phase to phase while nothing below it trains (chain-thaw).
+    """
+
+    def __init__(self, model: TransferModel, prep: Prepared, config: TrainConfig, store: FeatureStore | None,
+                 quiet: bool):
+        self.model, self.prep, self.config, self.store = model, prep, config, store
+        self.images = ImageSource(prep.cache, prep.data_config, prep.precision, config.schedule.batch_size, quiet)
+        self.prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an inner level
+
+    def level(self, phase: Phase) -> int:
+        """The model level where the first trainable part of ``phase`` starts (0 = the image)."""
+        if not phase.body_trainable:
+            return self.model.pooled_level
+        if not (self.config.runtime.prefix_cache and self.model.sequential):
+            return 0
+        return min(self.model.group_index(n) for n in phase.body_trainable)
+
+    def batches(self, idx: np.ndarray, level: int, views: int, augment: bool, pristine: bool) -> Batches:
+        """Batches of the images ``idx`` at ``level``; from the feature store when the body is ``pristine``."""
+        labels = self.prep.dataset.labels
+        if level == 0:
+            return ImageBatches(self.prep.cache, idx, labels, self.prep.data_config, self.images.batch_size, augment)
+        if level == self.model.pooled_level and pristine and self.store is not None:
+            feats = self.store.get(self.model, self.images, idx, views)
+            return TensorBatches(feats, torch.as_tensor(labels[idx]), level, self.images.batch_size)
+        return encode(self.model, self.images, idx, labels, level, views)
+
+    def for_phase(self, phase: Phase, pristine: bool) -> tuple[Batches, Batches]:
+        """(train, val) batches for ``phase``."""
+        level, splits, schedule = self.level(phase), self.prep.splits, self.config.schedule
+        views = schedule.views if schedule.augment and runner_for(phase).augmented else 1
+        if self.prefix is not None and 0 < self.prefix[0].level <= level < self.model.pooled_level:
+            train, val = (advance(self.model, b, level, self.prep.precision) for b in self.prefix)
+        else:
+            train = self.batches(splits["train"], level, views, schedule.augment, pristine)
+            val = self.batches(splits["val"], level, 1, False, pristine)
+        self.prefix = (train, val) if 0 < level < self.model.pooled_level else None
+        return train, val
+
+    def after_phase(self, phase: Phase) -> None:
+        """Drop the cached prefix if a group below its level has just trained."""
+        trained = [self.model.group_index(n) for n in phase.body_trainable]
+        if self.prefix is not None and trained and min(trained) < self.prefix[0].level:
+            self.prefix = None
+
+
+def _build_model(config: TrainConfig, strategy: Strategy, seed: int,
+                 num_classes: int) -> tuple[TransferModel, Backbone, HeadSpec]:
+    torch.manual_seed(seed)  # for scratch: the backbone's initial weights
+    backbone = create_backbone(config.model.backbone, pretrained=strategy.pretrained,
+                               image_size=config.model.image_size)
+    head = LINEAR_HEAD if strategy.linear_head else HeadSpec(config.model.head_hidden, config.model.dropout)
+    torch.manual_seed(seed)  # the head's initial weights
+    return TransferModel(backbone, num_classes, head), backbone, head
+
+
+def _save_model(run_dir: Path, model: TransferModel, info: dict[str, Any]) -> None:
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(run_dir / "model.json", info)
+
+
+class _Checkpointer:
+    """Writes the run's state after every epoch and after every phase."""
+
+    def __init__(self, path: Path, model: TransferModel, state: RunState):
+        self.path, self.model, self.state = path, model, state
+        self.t_start = time.perf_counter() - state.elapsed
+
+    def save(self, phase_index: int, phase_state: PhaseState | None, history: list[dict[str, Any]]) -> None:
+        s = self.state
+        save_checkpoint(RunState(self.model.state_dict(), phase_index, phase_state, history, s.body_changed,
+                                 s.details, time.perf_counter() - self.t_start), self.path)
+
+    def during(self, i: int) -> Callable[[PhaseState], None]:
+        """The per-epoch callback of phase ``i``."""
+        before = [h for h in self.state.history if h["phase_index"] < i]
+        return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
+
+
+def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
+                ctx: PhaseContext) -> None:
+    """Run the strategy's phases from the checkpointed one on; record each in ``ckpt.state``."""
+    state, start = ckpt.state, ckpt.state.phase_index
+    for i, phase in enumerate(strategy.phases):
+        if i < start:
+            continue
+        train, val = inputs.for_phase(phase, pristine=not state.body_changed)
+        phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i),
+                                        resume=state.phase_state if i == start else None)
+        rows = runner_for(phase).run(PhaseRun(model, phase, train, val, phase_ctx, state.details))
+        state.history = [h for h in state.history if h["phase_index"] < i] + [{**h, "phase_index": i} for h in rows]
+        state.body_changed = state.body_changed or any(n != HEAD for n in phase.trainable)
+        inputs.after_phase(phase)
+        ckpt.save(i + 1, None, state.history)
+
+
+def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
+              resume: bool = False, quiet: bool = False) -> RunResult:
+    """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "result.json"
+    if resume and done.is_file():
+        return RunResult(**read_json(done))
+
+    spec = backbone_spec(config.model.backbone, config.model.image_size)
+    strategy = build_strategy(strategy_name, spec.groups, config.strategy_options())
+    classes = prep.dataset.classes
+    model, backbone, head = _build_model(config, strategy, seed, len(classes))
+    prep.precision.to_model(model)
+    state = load_checkpoint(run_dir / "checkpoint.pt") if resume else None
+    if state is not None:
+        model.load_state_dict(state.model)
+    ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}))
+    store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
+    inputs = PhaseInputs(model, prep, config, store, quiet)
+    _run_phases(model, strategy, inputs, ckpt, PhaseContext(prep.precision, seed=seed, quiet=quiet))
+
+    # Final metrics at the cheapest exact level.
+    pristine = not ckpt.state.body_changed
+    level = model.pooled_level if pristine and store is not None else 0
+    test = inputs.batches(prep.splits["test"], level, 1, False, pristine)
+    val = inputs.batches(prep.splits["val"], level, 1, False, pristine)
+    logits, y = predict_logits(model, test, prep.precision)
+    _, val_acc = evaluate(model, val, prep.precision)
+    seconds = time.perf_counter() - ckpt.t_start
+
+    _save_model(run_dir, model, {**model_config(backbone, len(classes), head, classes),
+                                 "strategy": strategy_name, "seed": seed})
+    with atomic_path(run_dir / "test_predictions.npy") as tmp:
+        np.save(tmp, logits.argmax(1).numpy())
+    history = ckpt.state.history
+    result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
+                       float(F.cross_entropy(logits, y)), len(history), seconds,
+                       [{k: v for k, v in h.items() if k != "phase_index"} for h in history], ckpt.state.details)
+    write_json(done, dataclasses.asdict(result))
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return result

@@ -1,0 +1,83 @@
+"""Phase runners, dispatched by the type of a phase's method: ``Gradient`` -> the engine's loop,
+``Probe`` -> a scikit-learn fit on features. A runner returns the phase's history rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..models.heads import TransferModel
+from .batches import TensorBatches
+from .engine import PhaseContext, evaluate, fit_phase
+from .probe import as_tensors, fit_linear
+from .strategies import Gradient, Phase, Probe
+
+
+@dataclass
+class PhaseRun:
+    """Everything a runner gets: the model, the phase, its inputs, how it runs, and a place for facts
+    worth reporting (e.g. the C the probe chose)."""
+
+    model: TransferModel
+    phase: Phase
+    train: Any  # Batches at the phase's level
+    val: Any
+    ctx: PhaseContext
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How one kind of phase runs.
+
+    Attributes:
+        run: does the phase, returns its history rows.
+        augmented: whether it trains on augmented views of cached inputs (else the centre view only).
+    """
+
+    run: Callable[[PhaseRun], list[dict[str, Any]]]
+    augmented: bool
+
+
+RUNNERS: dict[type, Runner] = {}
+
+
+def register_runner(method: type, augmented: bool) -> Callable:
+    """Decorator registering the runner of phases whose method is a ``method``."""
+    def wrap(fn: Callable[[PhaseRun], list[dict[str, Any]]]) -> Callable:
+        if method in RUNNERS:
+            raise ValueError(f"a runner for {method.__name__} is already registered")
+        RUNNERS[method] = Runner(fn, augmented)
+        return fn
+    return wrap
+
+
+def runner_for(phase: Phase) -> Runner:
+    """The runner of ``phase`` (by the type of its method)."""
+    try:
+        return RUNNERS[type(phase.method)]
+    except KeyError:
+        raise TypeError(f"no runner for phases of type {type(phase.method).__name__}; "
+                        f"known: {', '.join(t.__name__ for t in RUNNERS)}") from None
+
+
+@register_runner(Gradient, augmented=True)
+def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
+    """The engine's loop with early stopping and checkpoints."""
+    return fit_phase(r.model, r.phase, r.train, r.val, r.ctx).history
+
+
+@register_runner(Probe, augmented=False)
+def run_probe(r: PhaseRun) -> list[dict[str, Any]]:
+    """Fit the linear model on the centre-crop features; fold it into the output layer."""
+    if not isinstance(r.train, TensorBatches):
+        raise TypeError("the probe trains on cached pooled features")
+    t0 = time.perf_counter()
+    fit = fit_linear(r.train.first_view().numpy(), r.train.labels.numpy(), r.phase.method.model, r.ctx.seed)
+    r.model.set_output(*as_tensors(fit))
+    r.details[f"{r.phase.name}_C"] = fit.C
+    val_loss, val_acc = evaluate(r.model, r.val, r.ctx.precision)
+    return [{"phase": r.phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
+             "val_acc": val_acc, "seconds": time.perf_counter() - t0}]

@@ -1,0 +1,192 @@
+"""Registry of strategies. A strategy is data: whether it starts from pretrained weights, and an
+ordered list of Phases. The engine runs a Phase and knows nothing about strategy names.
+
+Learning rates follow the methods they come from:
+- chain-thaw (Felbo et al. 2017, DeepMoji): Adam; 1e-3 for the new layers, 1e-4 for every later
+  step (each backbone group alone, then everything), a fresh optimizer and early stopping per step.
+- gradual unfreezing (Howard & Ruder 2018, ULMFiT): thaw the last group first, one more per stage;
+  discriminative rates divide the rate by 2.6 per group further from the output.
+- fine-tuning: train the new head on frozen features first (so random head gradients do not wreck
+  the pretrained weights), then everything at a 10x lower rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ..core.errors import TransferlabError
+from ..core.registry import Registry
+from ..models.heads import HEAD
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """How a phase learns by gradient descent (the engine's loop).
+
+    Attributes:
+        lr: learning rate (of the head, and of every group without its own).
+        group_lr: per-part rates (discriminative fine-tuning); missing parts use ``lr``.
+        optimizer: a name in ``engine.OPTIMIZERS`` (``adam``, ``adamw``, ``sgd``).
+        weight_decay: decoupled for adamw, L2 otherwise.
+        max_epochs: cap on epochs.
+        patience: stop after this many epochs without a lower validation loss.
+        frozen_bn_eval: keep BatchNorm of frozen parts in eval mode (statistics untouched).
+        bn_eval: keep *every* BatchNorm in eval mode, trainable parts included. Pretrained
+            statistics are better estimates than those of small batches of a small dataset, and
+            batch statistics of a thawed group shift everything above it (Keras' transfer-learning
+            guide recommends the same); scratch training needs them to learn.
+    """
+
+    lr: float = 1e-3
+    group_lr: dict[str, float] = field(default_factory=dict)
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    max_epochs: int = 30
+    patience: int = 5
+    frozen_bn_eval: bool = True
+    bn_eval: bool = True
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How a phase fits a scikit-learn linear model on pooled features (C chosen by cross-validation).
+
+    Attributes:
+        model: ``logreg`` (LogisticRegression) or ``svm`` (LinearSVC).
+    """
+
+    model: str = "logreg"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with a fixed set of trainable parts.
+
+    Attributes:
+        name: shown in progress and history.
+        trainable: the parts that learn: ``"head"`` and/or backbone group names.
+        method: how they learn; its type picks the phase runner (``train.runners``).
+    """
+
+    name: str
+    trainable: tuple[str, ...]
+    method: Gradient | Probe = field(default_factory=Gradient)
+
+    @property
+    def body_trainable(self) -> tuple[str, ...]:
+        """The backbone groups that learn in this phase (the head left out)."""
+        return tuple(n for n in self.trainable if n != HEAD)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named recipe: start from ``pretrained`` weights (or random) and run ``phases`` in order."""
+
+    name: str
+    pretrained: bool
+    phases: list[Phase]
+    linear_head: bool = False  # a single linear layer instead of the dense head (the probe)
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Knobs shared by the builders (the defaults give good results without tuning)."""
+
+    head_lr: float = 1e-3
+    body_lr: float = 1e-4
+    head_epochs: int = 60
+    head_patience: int = 8
+    body_epochs: int = 15
+    body_patience: int = 3
+    step_epochs: int = 5  # per chain-thaw / gradual step
+    step_patience: int = 2
+    scratch_epochs: int = 60
+    scratch_patience: int = 8
+    discriminative: bool = False  # gradual: lr / 2.6 per group from the top
+    probe_model: str = "logreg"  # or "svm"
+
+    def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
+        """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
+        out = self
+        if max_epochs is not None:
+            out = replace(out, **{k: min(getattr(out, k), max_epochs)
+                                  for k in ("head_epochs", "body_epochs", "step_epochs", "scratch_epochs")})
+        if patience is not None:
+            out = replace(out, **{k: min(getattr(out, k), patience)
+                                  for k in ("head_patience", "body_patience", "step_patience", "scratch_patience")})
+        return out
+
+
+Builder = Callable[[list[str], StrategyOptions], Strategy]
+STRATEGIES: Registry[Builder] = Registry("strategy", TransferlabError)
+
+
+def _head_phase(o: StrategyOptions) -> Phase:
+    return Phase("head", (HEAD,), Gradient(lr=o.head_lr, max_epochs=o.head_epochs, patience=o.head_patience))
+
+
+@STRATEGIES.register("scratch")
+def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
+    """Random initialisation, everything trainable (the baseline transfer must beat)."""
+    phase = Phase("all", (*groups, HEAD), Gradient(lr=o.head_lr, max_epochs=o.scratch_epochs,
+                                                   patience=o.scratch_patience, bn_eval=False))
+    return Strategy("scratch", pretrained=False, phases=[phase])
+
+
+@STRATEGIES.register("features")
+def features(groups: list[str], o: StrategyOptions) -> Strategy:
+    """Frozen pretrained backbone as a feature extractor; train the dense head only."""
+    return Strategy("features", pretrained=True, phases=[_head_phase(o)])
+
+
+@STRATEGIES.register("probe")
+def probe(groups: list[str], o: StrategyOptions) -> Strategy:
+    """Off-the-shelf features + a scikit-learn linear model, regularisation chosen by CV."""
+    phase = Phase("probe", (HEAD,), Probe(model=o.probe_model))
+    return Strategy("probe", pretrained=True, phases=[phase], linear_head=True)
+
+
+@STRATEGIES.register("finetune")
+def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
+    """Head warm-up on frozen features, then the whole model at a lower rate."""
+    whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience))
+    return Strategy("finetune", pretrained=True, phases=[_head_phase(o), whole])
+
+
+@STRATEGIES.register("chain-thaw")
+def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
+    """New layers; then each backbone group alone, first to last; then everything."""
+    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience)
+    steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
+    whole = Phase("all", (*groups, HEAD), step)
+    return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o), *steps, whole])
+
+
+@STRATEGIES.register("gradual")
+def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
+    """Head first, then thaw one more group per stage from the last one down (ULMFiT)."""
+    phases = [_head_phase(o)]
+    for k in range(1, len(groups) + 1):
+        thawed = groups[-k:]
+        rates = {g: o.body_lr / 2.6 ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
+            if o.discriminative else {}
+        phases.append(Phase(f"thaw last {k}", (*thawed, HEAD), Gradient(
+            lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience)))
+    return Strategy("gradual", pretrained=True, phases=phases)
+
+
+def build_strategy(name: str, groups: list[str] | tuple[str, ...],
+                   options: StrategyOptions | None = None) -> Strategy:
+    """The strategy ``name`` for a backbone whose groups are ``groups`` (input to output)."""
+    return STRATEGIES.get(name)(list(groups), options or StrategyOptions())
+
+
+def list_strategies() -> list[str]:
+    """Registered strategy names."""
+    return STRATEGIES.names()
+
+
+def describe_strategy(name: str) -> str:
+    """The first line of the strategy's docstring."""
+    return (STRATEGIES.get(name).__doc__ or "").strip().splitlines()[0]
