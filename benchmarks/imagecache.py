@@ -29,11 +29,12 @@ def main() -> None:
     from PIL import Image
     from timm.data import create_transform
 
-    from transferlab.backbones import create_backbone
     from transferlab.data import load_dataset
-    from transferlab.imagecache import build_image_cache, cache_side, eval_batch
+    from transferlab.data.imagecache import build_image_cache, cache_side
+    from transferlab.data.transforms import eval_batch
+    from transferlab.models import backbone_spec
 
-    cfg = create_backbone(args.backbone, pretrained=False).data_config
+    cfg = backbone_spec(args.backbone).data_config
     ds = load_dataset(args.data)
     transform = create_transform(**cfg)
 

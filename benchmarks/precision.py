@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from transferlab.data import load_dataset, stratified_split
-from transferlab.runtime import Precision, bf16_native
-from transferlab.training import TrainConfig, prepare, train_one
+from transferlab.runtime import Precision, bf16_native, tune_allocator
+from transferlab.train import TrainConfig, prepare, train_one
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--strategies", default="features,probe")
     args = ap.parse_args()
+    tune_allocator()  # as the command line does
     ds = load_dataset(args.data)
     splits = {"test": ds.splits["val"],
               **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}

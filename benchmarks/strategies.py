@@ -36,12 +36,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from transferlab.backbones import create_backbone
 from transferlab.data import load_dataset, stratified_split
-from transferlab.engine import freeze, set_train_mode
-from transferlab.heads import LINEAR_HEAD, HeadSpec, TransferModel
-from transferlab.strategies import build_strategy
-from transferlab.training import TrainConfig, prepare, train_one
+from transferlab.models import LINEAR_HEAD, HeadSpec, TransferModel, backbone_spec, create_backbone
+from transferlab.runtime import tune_allocator
+from transferlab.train import ScheduleConfig, TrainConfig, build_strategy, prepare, train_one
+from transferlab.train.engine import freeze, set_train_mode
 
 # ---------------------------------------------------------------------------------------------
 # The naive reference
@@ -91,22 +90,23 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
     """The textbook loop, phase by phase; returns test accuracy, epochs, seconds, per-epoch times."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    probe_bb = create_backbone(config.backbone, pretrained=False)
-    strategy = build_strategy(strategy_name, [g.name for g in probe_bb.groups], config.options())
-    bb = create_backbone(config.backbone, pretrained=strategy.pretrained) if strategy.pretrained else probe_bb
+    m = config.model
+    strategy = build_strategy(strategy_name, backbone_spec(m.backbone).groups, config.strategy_options())
+    bb = create_backbone(m.backbone, pretrained=strategy.pretrained)
     torch.manual_seed(seed)
     model = TransferModel(bb, len(ds.classes), LINEAR_HEAD if strategy.linear_head else
-                          HeadSpec(config.head_hidden, config.dropout))
-    train, val, test = naive_loaders(ds, splits, bb.data_config, config.batch_size)
+                          HeadSpec(m.head_hidden, m.dropout))
+    train, val, test = naive_loaders(ds, splits, bb.data_config, config.schedule.batch_size)
     epochs, epoch_times = 0, {}
     for phase in strategy.phases:
-        frozen = freeze(model, bb.groups, phase.trainable)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
+        method = phase.method
+        frozen = freeze(model, phase.trainable)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=method.lr)
         # The same method as transferlab: the starting weights are a candidate for "best".
         best, best_state, bad = naive_eval(model, val)[0], {k: v.clone() for k, v in model.state_dict().items()}, 0
-        for _ in range(phase.max_epochs):
+        for _ in range(method.max_epochs):
             te = time.perf_counter()
-            set_train_mode(model, frozen, True, phase.bn_eval)
+            set_train_mode(model, frozen, True, method.bn_eval)
             for x, y in train:
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad()
@@ -120,7 +120,7 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
-                if bad >= phase.patience:
+                if bad >= method.patience:
                     break
         model.load_state_dict(best_state)
     _, acc = naive_eval(model, test)
@@ -135,7 +135,7 @@ def naive_probe(ds, splits, config: TrainConfig):
     from sklearn.preprocessing import StandardScaler
 
     t0 = time.perf_counter()
-    bb = create_backbone(config.backbone)
+    bb = create_backbone(config.model.backbone)
     model = TransferModel(bb, len(ds.classes)).eval()
     _, _, test = naive_loaders(ds, splits, bb.data_config)
     eval_train = naive_loaders(ds, {"train": splits["train"], "val": splits["train"], "test": splits["test"]},
@@ -184,7 +184,8 @@ def main() -> None:
     ds = load_dataset(args.data)
     splits = {"test": ds.splits["val"],
               **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}
-    config = TrainConfig(max_epochs=args.max_epochs)
+    config = TrainConfig(schedule=ScheduleConfig(max_epochs=args.max_epochs))
+    tune_allocator()  # transferlab's side runs in this process, as the command line would set it up
     print(f"{args.data}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
           f"torch threads {torch.get_num_threads()}", flush=True)
     rows = []

@@ -61,7 +61,8 @@ def plot_curves(history: list[dict[str, Any]], strategies: list[str], path: Path
     for ax in (a, b):
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # nothing to label when no strategy has a curve
+            ax.legend(fontsize=8)
     a.set_title("learning curves (thin lines: steps of step-wise strategies)")
     b.set_title("accuracy against time")
     return save_figure(fig, path)
