@@ -76,11 +76,13 @@ def test_transferability_bad_split(tmp_path):
                         quiet=True)
 
 
-def test_small_cnn_has_no_pretrained_weights():
+def test_small_cnn_has_no_pretrained_weights(capsys):
     from transferlab.core.errors import BackboneError
     from transferlab.models import create_backbone
 
     with pytest.raises(BackboneError, match="from-scratch"):
         create_backbone("small_cnn", pretrained=True)
     assert main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["small_cnn"]["weights"] == "none" and not rows["small_cnn"]["offline"]  # not "download"
     assert np.isfinite(create_backbone("small_cnn", pretrained=False).num_features)

@@ -12,14 +12,14 @@ from ..core.errors import TransferlabError
 from ..core.progress import console
 from ..data.images import allow_large_images
 from ..runtime.allocator import tune_allocator
-from . import deploy, inspect, runs, studies
+from . import browse, deploy, runs, studies
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one subcommand per task, options generated from the configs."""
     p = argparse.ArgumentParser(prog="transferlab", description="Transfer learning for image classification.")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (runs, studies, inspect, deploy):
+    for module in (runs, studies, browse, deploy):
         module.register(sub)
     p.set_defaults(root_parser=p)
     return p

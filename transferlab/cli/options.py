@@ -81,8 +81,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Map
         # Required settings are checked after parsing (``require``): --config may supply them.
         note = " (required)" if meta.get("required") and f.name not in defaults else ""
         help_text = meta.get("help", "") + (f" (default: {shown})" if shown not in (None, "", ()) else note)
+        metavar = None if meta.get("choices") else flag[2:].upper().replace("-", "_")
         group.add_argument(flag, dest=f.name, type=parse, default=default, choices=meta.get("choices"),
-                           help=help_text)
+                           metavar=metavar, help=help_text)
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models.heads import TransferModel
-from .batches import TensorBatches
+from .batches import Batches, TensorBatches
 from .engine import PhaseContext, evaluate, fit_phase
 from .probe import as_tensors, fit_linear
 from .strategies import Gradient, Phase, Probe
@@ -22,8 +22,8 @@ class PhaseRun:
 
     model: TransferModel
     phase: Phase
-    train: Any  # Batches at the phase's level
-    val: Any
+    train: Batches  # at the level where the phase's first trainable part starts
+    val: Batches
     ctx: PhaseContext
     details: dict[str, Any]
 
