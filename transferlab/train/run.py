@@ -26,7 +26,7 @@ from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
-from ..models.heads import HEAD, LINEAR_HEAD, HeadSpec, TransferModel, model_config
+from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
 from ..runtime.device import Precision
 from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
@@ -172,7 +172,7 @@ def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, c
                                         resume=state.phase_state if i == start else None)
         rows = runner_for(phase).run(PhaseRun(model, phase, train, val, phase_ctx, state.details))
         state.history = [h for h in state.history if h["phase_index"] < i] + [{**h, "phase_index": i} for h in rows]
-        state.body_changed = state.body_changed or any(n != HEAD for n in phase.trainable)
+        state.body_changed = state.body_changed or bool(phase.body_trainable)
         inputs.after_phase(phase)
         ckpt.save(i + 1, None, state.history)
 
