@@ -74,8 +74,8 @@ def test_frozen_groups_stay_bit_identical(easy):
     model = TransferModel(bb, 3, HeadSpec((16,)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     thawed = bb.groups[2].name
-    train = ImageBatches(prep.cache, splits["train"], ds.labels, prep.data_config, 8)
-    val = ImageBatches(prep.cache, splits["val"], ds.labels, prep.data_config, 8, augment=False)
+    train = ImageBatches(prep.images, splits["train"], ds.labels, prep.data_config, 8)
+    val = ImageBatches(prep.images, splits["val"], ds.labels, prep.data_config, 8, augment=False)
     # bn_eval=False: the thawed group's BatchNorm learns statistics; the frozen ones must not.
     phase = Phase("one", (thawed,), Gradient(lr=1e-2, max_epochs=2, patience=5, bn_eval=False))
     fit_phase(model, phase, train, val, PhaseContext(CPU, quiet=True))

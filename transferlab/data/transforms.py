@@ -1,7 +1,11 @@
-"""Batches from the image cache: uint8 NHWC squares -> normalised float NCHW tensors.
+"""Batches from the image cache: uint8 NHWC squares -> normalised float NCHW tensors, as batched tensor
+ops on whatever device the images are on (the same code serves the CPU and a GPU).
 
 Evaluation takes the centre crop (the backbone's own resize + centre-crop preprocessing); training
-takes random resized crops and flips, drawn from a generator so that a seed fixes them.
+takes random resized crops and flips. The crop parameters are drawn on the CPU from a generator, so
+a seed fixes them on any device; the crops themselves are one ``roi_align`` over the batch, which
+averages over each output pixel's footprint when a crop is shrunk (an antialiased resize) and
+interpolates bilinearly when it is enlarged.
 """
 
 from __future__ import annotations
@@ -11,60 +15,79 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+ImageBatch = np.ndarray | torch.Tensor  # (N, S, S, 3) uint8
 
 
-def _normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+def as_tensor(images: ImageBatch) -> torch.Tensor:
+    """A uint8 (N, S, S, 3) tensor; numpy arrays (the memory-mapped cache) are copied once."""
+    return images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+
+
+def normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
+    """(x - mean) / std with the backbone's statistics, for x in 0..255 (NCHW)."""
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(data_config["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
     return (x.float() - mean) / std
 
 
-def eval_batch(images: np.ndarray, data_config: dict[str, Any]) -> torch.Tensor:
+def eval_batch(images: ImageBatch, data_config: dict[str, Any]) -> torch.Tensor:
     """Centre crop of ``input_size`` from cached squares, normalised (the eval preprocessing)."""
     size = data_config["input_size"][-1]
     side = images.shape[1]
     top = (side - size) // 2
-    x = torch.from_numpy(np.array(images[:, top:top + size, top:top + size])).permute(0, 3, 1, 2)
-    return _normalise(x, data_config).contiguous()
+    x = as_tensor(images[:, top:top + size, top:top + size]).permute(0, 3, 1, 2)
+    return normalise(x, data_config).contiguous()
 
 
-def train_batch(images: np.ndarray, data_config: dict[str, Any], generator: torch.Generator,
+def crop_params(u: torch.Tensor, side: int, scale: tuple[float, float] = (0.25, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (N, 4: left, top, right, bottom in pixels) and flips (N,) from uniform numbers ``u`` (N, 5):
+    area ``scale`` of the square, aspect ``ratio`` (log-uniform), position, and flip when u < 0.5."""
+    u = u.double()
+    area = side * side * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, 1])
+    w = torch.sqrt(area * aspect).round().clamp(1, side)
+    h = torch.sqrt(area / aspect).round().clamp(1, side)
+    top = torch.floor(u[:, 2] * (side - h + 1))
+    left = torch.floor(u[:, 3] * (side - w + 1))
+    return torch.stack([left, top, left + w, top + h], 1).float(), u[:, 4] < 0.5
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box resized to ``size`` x ``size`` (float NCHW, 0..255), flipped where asked."""
+    x = images.permute(0, 3, 1, 2).float()
+    rois = torch.cat([torch.arange(len(x), dtype=torch.float32).unsqueeze(1), boxes], 1).to(x.device)
+    # aligned=True: pixel k covers [k, k + 1), so a box [left, left + w) holds exactly w pixels;
+    # sampling_ratio=0 averages ceil(box / size) points per output pixel and axis.
+    out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return torch.where(flips.to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def train_batch(images: ImageBatch, data_config: dict[str, Any], generator: torch.Generator,
                 scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                 flip: bool = True) -> torch.Tensor:
     """Random resized crop (area ``scale``, aspect ``ratio``) + horizontal flip, normalised.
 
     The crop parameters come from ``generator`` only, so a seed fixes the augmentation.
     """
-    size = data_config["input_size"][-1]
-    side = images.shape[1]
-    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
-    out = torch.empty(len(images), 3, size, size)
-    u = torch.rand(len(images), 5, generator=generator)
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for i in range(len(images)):
-        area = side * side * (scale[0] + (scale[1] - scale[0]) * u[i, 0].item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[i, 1].item())
-        w = min(side, max(1, round(math.sqrt(area * aspect))))
-        h = min(side, max(1, round(math.sqrt(area / aspect))))
-        top = int(u[i, 2].item() * (side - h + 1))
-        left = int(u[i, 3].item() * (side - w + 1))
-        crop = x[i:i + 1, :, top:top + h, left:left + w]
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                             antialias=h > size or w > size)
-        if flip and u[i, 4].item() < 0.5:
-            crop = crop.flip(-1)
-        out[i] = crop[0]
-    return _normalise(out.clamp_(0, 255), data_config)
+    x = as_tensor(images)
+    u = torch.rand(len(x), 5, generator=generator)
+    boxes, flips = crop_params(u, x.shape[1], scale, ratio)
+    out = resized_crops(x, boxes, flips & flip, data_config["input_size"][-1])
+    return normalise(out.clamp_(0, 255), data_config)
 
 
-def view_batch(images: np.ndarray, indices: np.ndarray, view: int, data_config: dict[str, Any],
+def view_batch(images: ImageBatch, indices: np.ndarray, view: int, data_config: dict[str, Any],
                seed: int = 0) -> torch.Tensor:
     """View ``view`` of each image: 0 is the evaluation centre crop, ``v > 0`` a random crop + flip
     that depends only on (seed, image index, v), so cached views are the same in any batch or split."""
     if view == 0:
         return eval_batch(images, data_config)
-    return torch.cat([
-        train_batch(images[k:k + 1], data_config, torch.Generator().manual_seed(hash((seed, int(i), view)) % 2**62))
-        for k, i in enumerate(indices)
-    ])
+    x = as_tensor(images)
+    u = torch.cat([torch.rand(1, 5, generator=torch.Generator().manual_seed(hash((seed, int(i), view)) % 2**62))
+                   for i in indices])
+    boxes, flips = crop_params(u, x.shape[1])
+    return normalise(resized_crops(x, boxes, flips, data_config["input_size"][-1]).clamp_(0, 255), data_config)

@@ -79,9 +79,9 @@ class _Study:
         for k, c in enumerate(classes):
             labels[ds.labels == c] = k
         parts = [s[np.isin(ds.labels[s], classes)] for s in (splits["train"], splits["val"], splits["test"])]
-        return (ImageBatches(self.prep.cache, parts[0], labels, self.prep.data_config, bs, True),
-                ImageBatches(self.prep.cache, parts[1], labels, self.prep.data_config, bs, False),
-                ImageBatches(self.prep.cache, parts[2], labels, self.prep.data_config, bs, False))
+        return (ImageBatches(self.prep.images, parts[0], labels, self.prep.data_config, bs, True),
+                ImageBatches(self.prep.images, parts[1], labels, self.prep.data_config, bs, False),
+                ImageBatches(self.prep.images, parts[2], labels, self.prep.data_config, bs, False))
 
     def fresh(self, n_classes: int, seed: int) -> TransferModel:
         """A randomly initialised network with a linear head."""

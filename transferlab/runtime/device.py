@@ -71,6 +71,11 @@ class Precision:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
+    def inference_batch(self, batch_size: int) -> int:
+        """Batch size for passes without gradients: far larger on a GPU (throughput), the training
+        batch on a CPU (where larger batches buy nothing)."""
+        return max(batch_size, 256) if self.device.type == "cuda" else batch_size
+
     def describe(self) -> str:
         """One line for manifests and reports, e.g. ``cpu, fp32, channels_last, BN folded``."""
         return f"{self.device.type}, {'bf16 autocast' if self.bf16 else 'fp32'}" + \

@@ -1,5 +1,6 @@
-"""Sources of (x, y) batches at some level of the model: images from the image cache (augmented
-when training), or precomputed inputs of a level (cached features or a cached frozen prefix)."""
+"""Sources of (x, y) batches at some level of the model, on the model's device: images from the image
+store (augmented on the device when training), or precomputed inputs of a level (cached features or
+a cached frozen prefix)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..data.imagestore import ImageStore
 from ..data.transforms import eval_batch, train_batch
 
 
@@ -20,19 +22,20 @@ class Batches(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled (and augmented) when ``generator`` is given; in order and plain otherwise."""
+        """Shuffled (and augmented) when ``generator`` is given; in order and plain otherwise.
+        The generator lives on the CPU: a seed gives the same batches on any device."""
         ...
 
 
 class ImageBatches:
-    """Images from the image cache: random crops + flips when training, centre crops otherwise."""
+    """Images from the image store: random crops + flips when training, centre crops otherwise."""
 
     level = 0
 
-    def __init__(self, cache: np.ndarray, indices: np.ndarray, labels: np.ndarray, data_config: dict,
+    def __init__(self, images: ImageStore, indices: np.ndarray, labels: np.ndarray, data_config: dict,
                  batch_size: int = 32, augment: bool = True):
-        self.cache, self.indices = cache, np.asarray(indices)
-        self.labels = torch.as_tensor(labels[self.indices])
+        self.images, self.indices = images, np.asarray(indices)
+        self.labels = torch.as_tensor(labels[self.indices]).to(images.device)
         self.data_config, self.batch_size, self.augment = data_config, batch_size, augment
 
     def __len__(self) -> int:
@@ -40,42 +43,41 @@ class ImageBatches:
 
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
-        for start in range(0, len(self), self.batch_size):
-            pos = order[start:start + self.batch_size].numpy()
-            # Sorted reads keep memory-mapped access sequential; the batch order is restored below.
-            sort = np.argsort(self.indices[pos])
-            images = self.cache[self.indices[pos][sort]][np.argsort(sort)]
+        chunks = [order[s:s + self.batch_size].numpy() for s in range(0, len(self), self.batch_size)]
+        for pos, images in zip(chunks, self.images.stream(self.indices[p] for p in chunks)):
             if generator is not None and self.augment:
                 x = train_batch(images, self.data_config, generator)
             else:
                 x = eval_batch(images, self.data_config)
-            yield x, self.labels[pos]
+            yield x, self.labels[torch.as_tensor(pos, device=self.labels.device)]
 
 
 class TensorBatches:
     """Precomputed inputs of some level, ``views`` per example: each epoch picks one view per example."""
 
     def __init__(self, tensors: torch.Tensor, labels: torch.Tensor, level: int, batch_size: int = 32):
-        # tensors: (views, N, ...)
-        self.tensors, self.labels, self.level, self.batch_size = tensors, labels, level, batch_size
+        # tensors: (views, N, ...), on the device the model runs on
+        self.tensors, self.level, self.batch_size = tensors, level, batch_size
+        self.labels = labels.to(tensors.device)
 
     def __len__(self) -> int:
         return self.tensors.shape[1]
 
+    @property
+    def views(self) -> int:
+        return self.tensors.shape[0]
+
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, views = len(self), self.tensors.shape[0]
+        n, device = len(self), self.tensors.device
         if generator is None:
             order, view = torch.arange(n), torch.zeros(n, dtype=torch.long)
         else:
             order = torch.randperm(n, generator=generator)
-            view = torch.randint(views, (n,), generator=generator)
+            view = torch.randint(self.views, (n,), generator=generator)
+        order, view = order.to(device), view.to(device)
         for start in range(0, n, self.batch_size):
             pos = order[start:start + self.batch_size]
             yield self.tensors[view[pos], pos].float(), self.labels[pos]
-
-    @property
-    def views(self) -> int:
-        return self.tensors.shape[0]
 
     def first_view(self) -> torch.Tensor:
         """The inputs of view 0 (the centre crop) for every example, (N, ...)."""

@@ -104,22 +104,29 @@ def folded(model: nn.Module, data: Batches, precision: Precision) -> contextlib.
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every example of ``data``, in order."""
+def _logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels for every example of ``data``, in order, on the device."""
     model.eval()
     outs, ys = [], []
     with folded(model, data, precision):
         for x, y in data.batches(None):
             with precision.autocast():
-                outs.append(model(precision.to_input(x), level=data.level).float().cpu())
-            ys.append(y)
+                outs.append(model(precision.to_input(x), level=data.level).float())
+            ys.append(y.to(precision.device))
     return torch.cat(outs), torch.cat(ys)
 
 
+def predict_logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels for every example of ``data``, in order."""
+    logits, y = _logits(model, data, precision)
+    return logits.cpu(), y.cpu()
+
+
 def evaluate(model: nn.Module, data: Batches, precision: Precision) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on ``data``."""
-    logits, y = predict_logits(model, data, precision)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    """Mean cross-entropy and accuracy on ``data`` (computed on the device: one transfer at the end)."""
+    logits, y = _logits(model, data, precision)
+    both = torch.stack([F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()]).tolist()
+    return both[0], both[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,16 +177,18 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
                  generator: torch.Generator) -> float:
-    """One pass over ``train``; the mean training loss."""
-    total, count = 0.0, 0
+    """One pass over ``train``; the mean training loss. Nothing waits on the device until the end."""
+    total = torch.zeros((), dtype=torch.float64, device=precision.device)
+    count = 0
     for x, y in train.batches(generator):
         with precision.autocast():
             loss = F.cross_entropy(model(precision.to_input(x), level=train.level).float(), y.to(precision.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, count = total + loss.item() * len(y), count + len(y)
-    return total / max(count, 1)
+        total += loss.detach().double() * len(y)
+        count += len(y)
+    return total.item() / max(count, 1)
 
 
 def _record(state: PhaseState, model: nn.Module, row: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from ..core.progress import progress_bar
 from ..data.datasets import ImageDataset
 from ..data.imagecache import cache_side, resize_center
 from ..data.images import open_rgb
+from ..data.imagestore import ImageStore
 from ..data.transforms import eval_batch, view_batch
 from ..models.backbone import DEFAULT_BACKBONE, Backbone
 from ..models.catalog import create_backbone
@@ -42,23 +43,24 @@ MAX_VIEWS = 8
 
 @dataclass(frozen=True)
 class ImageSource:
-    """The decoded image cache and how its images become model inputs, for encoding passes."""
+    """The image store and how its images become model inputs, for no-grad encoding passes."""
 
-    cache: np.ndarray
+    images: ImageStore
     data_config: dict[str, Any]
     precision: Precision
-    batch_size: int = 32
+    batch_size: int = 32  # no gradients are kept: on a GPU this can be far larger than the training batch
     quiet: bool = False
 
     def view(self, indices: np.ndarray, view: int, aug_seed: int = 0) -> torch.Tensor:
         """View ``view`` of the images ``indices`` (0: the centre crop; see ``data.transforms.view_batch``)."""
-        return view_batch(self.cache[indices], indices, view, self.data_config, aug_seed)
+        return view_batch(self.images.gather(indices), indices, view, self.data_config, aug_seed)
 
 
 @torch.no_grad()
 def _run(model: TransferModel, x: torch.Tensor, stop: int, precision: Precision, start: int = 0) -> torch.Tensor:
+    """Levels ``start`` .. ``stop`` of ``model`` on ``x``; float32, on the model's device."""
     with precision.autocast():
-        return model.features(precision.to_input(x), start, stop=stop).float().cpu()
+        return model.features(precision.to_input(x), start, stop=stop).float()
 
 
 def _folded(model: TransferModel, sample: torch.Tensor, start: int, stop: int,
@@ -107,7 +109,7 @@ class FeatureStore:
                     for s in range(0, len(missing), images.batch_size):
                         idx = np.sort(missing[s:s + images.batch_size])
                         x = images.view(idx, v, self.aug_seed)
-                        self.features[idx, v] = _run(model, x, model.pooled_level, images.precision).numpy()
+                        self.features[idx, v] = _run(model, x, model.pooled_level, images.precision).cpu().numpy()
                         bar.advance(len(idx))
                     self.features.flush()
                     self.done[missing, v] = True
@@ -116,8 +118,9 @@ class FeatureStore:
 
 
 def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, labels: np.ndarray, level: int,
-           views: int) -> TensorBatches:
-    """The input of ``level`` for ``views`` views of each image, kept in memory for one phase.
+           views: int, batch_size: int = 32) -> TensorBatches:
+    """The input of ``level`` for ``views`` views of each image, kept on the device for one phase, served
+    in batches of ``batch_size``.
 
     Stored in float32: a cache advanced group by group (``advance``) then holds exactly what one
     pass through the prefix gives, so a resumed run matches an uninterrupted one.
@@ -134,7 +137,7 @@ def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, label
                 chunks.append(_run(model, images.view(idx, v), level, images.precision).to(torch.float32))
                 bar.advance(len(idx))
             out.append(torch.cat(chunks))
-    return TensorBatches(torch.stack(out), torch.as_tensor(labels[indices]), level, bs)
+    return TensorBatches(torch.stack(out), torch.as_tensor(labels[indices]), level, batch_size)
 
 
 @torch.no_grad()
@@ -147,11 +150,11 @@ def advance(model: TransferModel, cached: TensorBatches, level: int, precision: 
     if level == cached.level:
         return cached
     model.eval()
-    views = []
+    views, bs = [], precision.inference_batch(cached.batch_size)
     with _folded(model, cached.tensors[0, :2], cached.level, level, precision):
-        for v in range(cached.tensors.shape[0]):
-            chunks = [_run(model, cached.tensors[v, s:s + cached.batch_size].float(), level, precision, cached.level)
-                      for s in range(0, len(cached), cached.batch_size)]
+        for v in range(cached.views):
+            chunks = [_run(model, cached.tensors[v, s:s + bs].float(), level, precision, cached.level)
+                      for s in range(0, len(cached), bs)]
             views.append(torch.cat(chunks))
     return TensorBatches(torch.stack(views), cached.labels, level, cached.batch_size)
 
@@ -203,5 +206,5 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             squares = np.stack([self._square(item) for item in X[s:s + self.batch_size]])
             x = eval_batch(squares, self.data_config_)
             with _folded(self.model_, x, 0, self.model_.pooled_level, self.precision_):
-                out.append(_run(self.model_, x, self.model_.pooled_level, self.precision_).numpy())
+                out.append(_run(self.model_, x, self.model_.pooled_level, self.precision_).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)

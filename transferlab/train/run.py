@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from ..core.io import atomic_path, read_json, write_json
 from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, cache_side
+from ..data.imagestore import ImageStore
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
@@ -39,13 +40,15 @@ from .strategies import Phase, Strategy, build_strategy
 
 @dataclass
 class Prepared:
-    """Data shared by every run of an experiment: the dataset, its splits and its image cache."""
+    """Data shared by every run of an experiment: the dataset, its splits and its image cache (on disk,
+    and as the store batches are cut from, on the device when it fits)."""
 
     dataset: ImageDataset
     splits: dict[str, np.ndarray]
     data_config: dict[str, Any]
     cache: np.ndarray
     precision: Precision
+    images: ImageStore
 
 
 def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
@@ -54,7 +57,8 @@ def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainC
     data_config = backbone_spec(config.model.backbone, config.model.image_size).data_config
     cache = build_image_cache(dataset, cache_side(data_config), data_config["interpolation"], quiet=quiet)
     rt = config.runtime
-    return Prepared(dataset, splits, data_config, cache, Precision.choose(rt.device, rt.fp32, rt.fold_bn))
+    precision = Precision.choose(rt.device, rt.fp32, rt.fold_bn)
+    return Prepared(dataset, splits, data_config, cache, precision, ImageStore(cache, precision.device))
 
 
 @dataclass
@@ -86,7 +90,9 @@ class PhaseInputs:
     def __init__(self, model: TransferModel, prep: Prepared, config: TrainConfig, store: FeatureStore | None,
                  quiet: bool):
         self.model, self.prep, self.config, self.store = model, prep, config, store
-        self.images = ImageSource(prep.cache, prep.data_config, prep.precision, config.schedule.batch_size, quiet)
+        self.batch_size = config.schedule.batch_size
+        self.images = ImageSource(prep.images, prep.data_config, prep.precision,
+                                  prep.precision.inference_batch(self.batch_size), quiet)
         self.prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an inner level
 
     def level(self, phase: Phase) -> int:
@@ -97,15 +103,18 @@ class PhaseInputs:
             return 0
         return min(self.model.group_index(n) for n in phase.body_trainable)
 
-    def batches(self, idx: np.ndarray, level: int, views: int, augment: bool, pristine: bool) -> Batches:
-        """Batches of the images ``idx`` at ``level``; from the feature store when the body is ``pristine``."""
+    def batches(self, idx: np.ndarray, level: int, views: int, pristine: bool, train: bool = False) -> Batches:
+        """Batches of the images ``idx`` at ``level`` (``train``: shuffled, augmented when the schedule says
+        so, in training batches); from the feature store when the body is ``pristine``."""
         labels = self.prep.dataset.labels
+        size = self.batch_size if train else self.images.batch_size
         if level == 0:
-            return ImageBatches(self.prep.cache, idx, labels, self.prep.data_config, self.images.batch_size, augment)
+            augment = train and self.config.schedule.augment
+            return ImageBatches(self.prep.images, idx, labels, self.prep.data_config, size, augment)
         if level == self.model.pooled_level and pristine and self.store is not None:
-            feats = self.store.get(self.model, self.images, idx, views)
-            return TensorBatches(feats, torch.as_tensor(labels[idx]), level, self.images.batch_size)
-        return encode(self.model, self.images, idx, labels, level, views)
+            feats = self.store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
+            return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
+        return encode(self.model, self.images, idx, labels, level, views, size)
 
     def for_phase(self, phase: Phase, pristine: bool) -> tuple[Batches, Batches]:
         """(train, val) batches for ``phase``."""
@@ -114,8 +123,8 @@ class PhaseInputs:
         if self.prefix is not None and 0 < self.prefix[0].level <= level < self.model.pooled_level:
             train, val = (advance(self.model, b, level, self.prep.precision) for b in self.prefix)
         else:
-            train = self.batches(splits["train"], level, views, schedule.augment, pristine)
-            val = self.batches(splits["val"], level, 1, False, pristine)
+            train = self.batches(splits["train"], level, views, pristine, train=True)
+            val = self.batches(splits["val"], level, 1, pristine)
         self.prefix = (train, val) if 0 < level < self.model.pooled_level else None
         return train, val
 
@@ -201,8 +210,8 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     # Final metrics at the cheapest exact level.
     pristine = not ckpt.state.body_changed
     level = model.pooled_level if pristine and store is not None else 0
-    test = inputs.batches(prep.splits["test"], level, 1, False, pristine)
-    val = inputs.batches(prep.splits["val"], level, 1, False, pristine)
+    test = inputs.batches(prep.splits["test"], level, 1, pristine)
+    val = inputs.batches(prep.splits["val"], level, 1, pristine)
     logits, y = predict_logits(model, test, prep.precision)
     _, val_acc = evaluate(model, val, prep.precision)
     seconds = time.perf_counter() - ckpt.t_start
