@@ -1,11 +1,13 @@
 """Every strategy with efficientnet_lite0: transferlab vs the textbook PyTorch loop, in one run.
 
     python benchmarks/strategies.py --data ../shared/datasets/hymenoptera [--strategies ...]
+    python benchmarks/strategies.py --data ../shared/datasets/flower_photos --device cuda --workers 8
 
-Data: ``train/`` is split 80/20 (stratified, seed 0) into training and validation; ``val/`` is
-the test set. Both sides use the same model, the same phases (learning rates, epochs, patience,
-early stopping on validation loss with best-weights restore) and the same augmentation (random
-resized crop + flip).
+Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ val/`` alone
+(hymenoptera), ``train/`` is split 80/20 (stratified, seed 0) into training and validation and
+``val/`` is the test set. Both sides run on ``--device`` and use the same model, the same phases
+(learning rates, epochs, patience, early stopping on validation loss with best-weights restore) and
+the same augmentation (random resized crop + flip).
 
 The naive reference is the loop a tutorial writes: a Dataset that opens and decodes each JPEG every
 epoch with torchvision transforms, a DataLoader, fp32 in the default memory format, and the whole
@@ -36,10 +38,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from transferlab.data import load_dataset, stratified_split
+from transferlab.data import load_dataset, make_splits, stratified_split
 from transferlab.models import LINEAR_HEAD, HeadSpec, TransferModel, backbone_spec, create_backbone
-from transferlab.runtime import tune_allocator
-from transferlab.train import ScheduleConfig, TrainConfig, build_strategy, prepare, train_one
+from transferlab.runtime import bf16_native, resolve_device, tune_allocator
+from transferlab.runtime.device import configure_torch
+from transferlab.train import RuntimeConfig, ScheduleConfig, TrainConfig, build_strategy, prepare, train_one
 from transferlab.train.engine import freeze, set_train_mode
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +60,7 @@ class FilesDataset(Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), int(self.labels[i])
 
 
-def naive_loaders(ds, splits, cfg, batch_size=32):
+def naive_loaders(ds, splits, cfg, batch_size=32, workers=0):
     size = cfg["input_size"][-1]
     norm = T.Normalize(cfg["mean"], cfg["std"])
     interp = T.InterpolationMode(cfg["interpolation"])
@@ -68,17 +71,19 @@ def naive_loaders(ds, splits, cfg, batch_size=32):
 
     def make(idx, tf, shuffle):
         return DataLoader(FilesDataset([ds.paths[i] for i in idx], ds.labels[idx], tf), batch_size=batch_size,
-                          shuffle=shuffle)
+                          shuffle=shuffle, num_workers=workers, pin_memory=workers > 0,
+                          persistent_workers=workers > 0)
 
     return make(splits["train"], train_tf, True), make(splits["val"], eval_tf, False), \
         make(splits["test"], eval_tf, False)
 
 
 @torch.no_grad()
-def naive_eval(model, loader):
+def naive_eval(model, loader, device="cpu"):
     model.eval()
     losses, correct, n = 0.0, 0, 0
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         out = model(x)
         losses += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
@@ -86,7 +91,7 @@ def naive_eval(model, loader):
     return losses / n, correct / n
 
 
-def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
+def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0, device="cpu", workers=0):
     """The textbook loop, phase by phase; returns test accuracy, epochs, seconds, per-epoch times."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -96,23 +101,26 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
     torch.manual_seed(seed)
     model = TransferModel(bb, len(ds.classes), LINEAR_HEAD if strategy.linear_head else
                           HeadSpec(m.head_hidden, m.dropout))
-    train, val, test = naive_loaders(ds, splits, bb.data_config, config.schedule.batch_size)
+    model.to(device)
+    train, val, test = naive_loaders(ds, splits, bb.data_config, config.schedule.batch_size, workers)
     epochs, epoch_times = 0, {}
     for phase in strategy.phases:
         method = phase.method
         frozen = freeze(model, phase.trainable)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=method.lr)
         # The same method as transferlab: the starting weights are a candidate for "best".
-        best, best_state, bad = naive_eval(model, val)[0], {k: v.clone() for k, v in model.state_dict().items()}, 0
+        best, bad = naive_eval(model, val, device)[0], 0
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
         for _ in range(method.max_epochs):
             te = time.perf_counter()
             set_train_mode(model, frozen, True, method.bn_eval)
             for x, y in train:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            val_loss, _ = naive_eval(model, val)
+            val_loss, _ = naive_eval(model, val, device)
             epoch_times.setdefault(phase.name, []).append(time.perf_counter() - te)
             epochs += 1
             if val_loss < best - 1e-6:
@@ -123,11 +131,11 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0):
                 if bad >= method.patience:
                     break
         model.load_state_dict(best_state)
-    _, acc = naive_eval(model, test)
+    _, acc = naive_eval(model, test, device)
     return acc, epochs, time.perf_counter() - t0, epoch_times
 
 
-def naive_probe(ds, splits, config: TrainConfig):
+def naive_probe(ds, splits, config: TrainConfig, seed=0, device="cpu", workers=0):
     """Off-the-shelf features computed image by image from JPEG, then the same CV'd logistic regression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -136,14 +144,14 @@ def naive_probe(ds, splits, config: TrainConfig):
 
     t0 = time.perf_counter()
     bb = create_backbone(config.model.backbone)
-    model = TransferModel(bb, len(ds.classes)).eval()
-    _, _, test = naive_loaders(ds, splits, bb.data_config)
+    model = TransferModel(bb, len(ds.classes)).eval().to(device)
+    _, _, test = naive_loaders(ds, splits, bb.data_config, workers=workers)
     eval_train = naive_loaders(ds, {"train": splits["train"], "val": splits["train"], "test": splits["test"]},
-                               bb.data_config)[1]
+                               bb.data_config, workers=workers)[1]
 
     @torch.no_grad()
     def feats(loader):
-        xs, ys = zip(*[(model.features(x).numpy(), y.numpy()) for x, y in loader])
+        xs, ys = zip(*[(model.features(x.to(device)).cpu().numpy(), y.numpy()) for x, y in loader])
         return np.concatenate(xs), np.concatenate(ys)
 
     xtr, ytr = feats(eval_train)
@@ -159,6 +167,7 @@ def naive_probe(ds, splits, config: TrainConfig):
 
 
 def ours(strategy_name, ds, splits, config: TrainConfig, seed=0):
+    """transferlab, cold: a fresh cache folder, so decoding and feature extraction are counted."""
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as home:
         os.environ["TRANSFERLAB_HOME"] = home
         t0 = time.perf_counter()
@@ -178,16 +187,26 @@ def main() -> None:
     ap.add_argument("--naive", default="features,probe,finetune,chain-thaw",
                     help="strategies to also run with the naive loop")
     ap.add_argument("--max-epochs", type=int)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda: both loops run there")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive loop")
     args = ap.parse_args()
 
     os.environ.setdefault("TRANSFERLAB_HOME", tempfile.mkdtemp(prefix="tl-bench-"))
     ds = load_dataset(args.data)
-    splits = {"test": ds.splits["val"],
-              **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}
-    config = TrainConfig(schedule=ScheduleConfig(max_epochs=args.max_epochs))
-    tune_allocator()  # transferlab's side runs in this process, as the command line would set it up
+    if "test" in ds.splits:
+        splits = make_splits(ds)
+    else:
+        splits = {"test": ds.splits["val"],
+                  **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}
+    config = TrainConfig(schedule=ScheduleConfig(max_epochs=args.max_epochs), runtime=RuntimeConfig(device=args.device))
+    device = str(resolve_device(args.device))
+    # transferlab's side runs in this process, set up as the command line would set it up.
+    tune_allocator()
+    configure_torch()
     print(f"{args.data}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+          f"torch threads {torch.get_num_threads()}; device {device}"
+          f"{' ' + torch.cuda.get_device_name() if device.startswith('cuda') else ''}; "
+          f"native bf16 {bf16_native(torch.device(device))}", flush=True)
     rows = []
     for name in args.strategies.split(","):
         acc, ep, sec, times = ours(name, ds, splits, config)
@@ -195,10 +214,10 @@ def main() -> None:
         print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s", flush=True)
         if name in args.naive.split(","):
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                if name == "probe":
-                    nacc, nep, nsec, ntimes = pool.apply(naive_probe, (ds, splits, config))
-                else:
-                    nacc, nep, nsec, ntimes = pool.apply(naive_run, (name, ds, splits, config))
+                fn = naive_probe if name == "probe" else naive_run
+                nacc, nep, nsec, ntimes = pool.apply(fn, (ds, splits, config) if name == "probe" else
+                                                     (name, ds, splits, config), {"device": device,
+                                                                                  "workers": args.workers})
             row |= {"n_acc": nacc, "n_epochs": nep, "n_sec": nsec, "n_times": ntimes}
             print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s", flush=True)
         rows.append(row)

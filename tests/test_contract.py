@@ -4,6 +4,7 @@ package changes nothing in the caller's process; no module imports from a layer 
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,8 @@ print(PIL.Image.MAX_IMAGE_PIXELS == limit, allocator._allocator_tuned, "matplotl
 
 def test_importing_and_using_the_library_changes_no_process_settings(tmp_path):
     env = {"PATH": "", "TRANSFERLAB_HOME": str(tmp_path)}
+    if "PYTHONPATH" in os.environ:  # where the package is found without being installed
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     out = subprocess.run([sys.executable, "-c", NO_SIDE_EFFECTS], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["True", "False", "False"]
 

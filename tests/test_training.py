@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from transferlab.train import (
     Gradient,
     ModelConfig,
     Phase,
+    RuntimeConfig,
     ScheduleConfig,
     TrainConfig,
     build_strategy,
@@ -108,11 +110,21 @@ def test_early_stopping_when_validation_loss_rises():
     assert evaluate(model, val, CPU)[0] == pytest.approx(result.best_val_loss, abs=1e-6)
 
 
-def test_same_seed_same_history(easy, tmp_path):
+@pytest.fixture
+def deterministic_torch():
+    """Deterministic algorithms for one test (on CUDA, runs repeat only with them); restored after."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], False
+
+
+def test_same_seed_same_history(easy, tmp_path, deterministic_torch):
     ds, splits = easy
-    prep = prepare(ds, splits, SMALL, quiet=True)
-    a = train_one(prep, SMALL, "finetune", 3, tmp_path / "a", quiet=True)
-    b = train_one(prep, SMALL, "finetune", 3, tmp_path / "b", quiet=True)
+    config = replace(SMALL, runtime=RuntimeConfig(deterministic=True))
+    prep = prepare(ds, splits, config, quiet=True)
+    a = train_one(prep, config, "finetune", 3, tmp_path / "a", quiet=True)
+    b = train_one(prep, config, "finetune", 3, tmp_path / "b", quiet=True)
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a.history]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b.history]
     assert a.test_acc == b.test_acc
@@ -127,12 +139,17 @@ def _train_cmd(data, out, *extra):
             "--views", "2", "--batch-size", "8", "--quiet", *extra]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("deterministic", [False, True] if CUDA else [False])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, deterministic):
     data = make_class_folders(tmp_path / "data", n_per_class=16, n_classes=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_cmd(data, tmp_path / "full"), check=True, env=env)
+    extra = ["--deterministic"] if deterministic else []
+    subprocess.run(_train_cmd(data, tmp_path / "full", *extra), check=True, env=env)
 
-    proc = subprocess.Popen(_train_cmd(data, tmp_path / "cut"), env=env)
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "cut", *extra), env=env)
     ckpt = tmp_path / "cut" / "chain-thaw" / "seed0" / "checkpoint.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -146,10 +163,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert not (tmp_path / "cut" / "metrics.json").exists()
 
-    subprocess.run(_train_cmd(data, tmp_path / "cut", "--resume"), check=True, env=env)
+    subprocess.run(_train_cmd(data, tmp_path / "cut", "--resume", *extra), check=True, env=env)
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())["runs"][0]
     cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())["runs"][0]
-    for key in ("test_acc", "val_acc", "test_loss", "epochs"):
+    assert cut["epochs"] == full["epochs"]
+    if CUDA and not deterministic:
+        # Without --deterministic, CUDA picks convolution algorithms by timing (cuDNN autotuning) and
+        # sums some gradients with atomics in whatever order threads finish, so two runs differ from
+        # the first step on by float32 rounding (~1e-6 relative), which grows over the epochs after
+        # the resume point: the losses then agree to about 1e-4, and an accuracy may flip an image.
+        assert cut["test_loss"] == pytest.approx(full["test_loss"], abs=1e-3)
+        assert abs(cut["test_acc"] - full["test_acc"]) <= 0.1
+        return
+    for key in ("test_acc", "val_acc", "test_loss"):
         assert cut[key] == pytest.approx(full[key], abs=1e-6), key
 
 

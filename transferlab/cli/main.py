@@ -12,6 +12,7 @@ from ..core.errors import TransferlabError
 from ..core.progress import console
 from ..data.images import allow_large_images
 from ..runtime.allocator import tune_allocator
+from ..runtime.device import configure_torch
 from . import browse, deploy, runs, studies
 
 
@@ -28,12 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
-    # Process-wide settings belong to the program, not to the library: a notebook that imports
-    # transferlab keeps its own allocator and Pillow limits.
-    tune_allocator()
-    allow_large_images()
     try:
         args = runs.apply_config_file(args, argv)
+        # Process-wide settings belong to the program, not to the library: a notebook that imports
+        # transferlab keeps its own allocator, Pillow limits and cuDNN settings.
+        tune_allocator()
+        allow_large_images()
+        configure_torch(deterministic=getattr(args, "deterministic", False))
         return args.handler(args) or 0
     except TransferlabError as exc:
         # The message may hold file or class names with brackets: printed as text, not as markup.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +47,20 @@ class Precision:
     bf16: bool
     channels_last: bool = True
     fold_bn: bool = True  # eval-mode BatchNorm folded into the convolution before it (runtime.bnfold)
+    compile: str = "none"  # torch.compile mode of the training step ("none": eager)
 
     @classmethod
-    def choose(cls, device: str = "auto", fp32: bool = False, fold_bn: bool = True) -> Precision:
+    def choose(cls, device: str = "auto", fp32: bool = False, fold_bn: bool = True,
+               compile: str = "none") -> Precision:
         """Fast defaults for ``device``; ``fp32=True`` turns mixed precision off."""
         dev = resolve_device(device)
-        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=True, fold_bn=fold_bn)
+        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=True, fold_bn=fold_bn, compile=compile)
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` for the training step: itself, or compiled with ``torch.compile`` when asked."""
+        if self.compile == "none":
+            return model
+        return torch.compile(model, mode=None if self.compile == "default" else self.compile, dynamic=False)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the device when on; a no-op otherwise."""
@@ -79,4 +88,18 @@ class Precision:
     def describe(self) -> str:
         """One line for manifests and reports, e.g. ``cpu, fp32, channels_last, BN folded``."""
         return f"{self.device.type}, {'bf16 autocast' if self.bf16 else 'fp32'}" + \
-            (", channels_last" if self.channels_last else "") + (", BN folded" if self.fold_bn else "")
+            (", channels_last" if self.channels_last else "") + (", BN folded" if self.fold_bn else "") + \
+            (f", compiled ({self.compile})" if self.compile != "none" else "")
+
+
+def configure_torch(deterministic: bool = False) -> None:
+    """Process-wide torch settings for training: cuDNN autotuning for the fixed shapes of a run, or,
+    with ``deterministic``, deterministic algorithms and a fixed cuBLAS workspace (slower, but a run
+    resumed after a kill then matches an uninterrupted one on CUDA too). The CLI calls it in main;
+    ``prepare`` calls it when a config asks for determinism."""
+    if deterministic:
+        # cuBLAS reads this when its first handle is made: before any CUDA work to take effect.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic

@@ -55,6 +55,10 @@ class RuntimeConfig:
     fold_bn: bool = option(True, "fold eval-mode BatchNorm into the convolutions before it")
     prefix_cache: bool = option(True, "cache the input of the first trainable group instead of rerunning "
                                       "the frozen ones")
+    compile: str = option("none", "torch.compile the training step: none, default, or reduce-overhead "
+                                  "(CUDA graphs)", choices=("none", "default", "reduce-overhead"))
+    deterministic: bool = option(False, "deterministic algorithms (on CUDA: fixed cuBLAS workspace, no cuDNN "
+                                        "autotuning), so a resumed run matches an uninterrupted one exactly")
 
 
 @dataclass(frozen=True)

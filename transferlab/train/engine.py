@@ -177,6 +177,7 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
                  generator: torch.Generator) -> float:
+    # ``model`` may be the compiled module (Precision.compiled): same parameters, same function.
     """One pass over ``train``; the mean training loss. Nothing waits on the device until the end."""
     total = torch.zeros((), dtype=torch.float64, device=precision.device)
     count = 0
@@ -210,6 +211,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     method: Gradient = phase.method
     frozen = freeze(model, phase.trainable)
     optimizer = make_optimizer(model, phase.trainable, method)
+    step_model = ctx.precision.compiled(model)
     if ctx.resume is not None:
         state = ctx.resume
         optimizer.load_state_dict(state.optimizer)
@@ -229,7 +231,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             seed_e = epoch_seed(ctx.seed, ctx.phase_index, epoch)
             torch.manual_seed(seed_e)  # dropout
             set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
-            train_loss = _train_epoch(model, train, optimizer, ctx.precision,
+            train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e))  # order and augmentation
             val_loss, val_acc = evaluate(model, val, ctx.precision)
             _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,

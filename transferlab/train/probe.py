@@ -1,5 +1,13 @@
-"""The probe: a scikit-learn linear model on pooled features, C chosen by stratified cross-validation,
-folded into the model's linear output layer."""
+"""The probe: a linear classifier on pooled features, its regularisation chosen by stratified
+cross-validation, folded into the model's linear output layer.
+
+``logreg`` is multinomial logistic regression fitted in torch on the features' device: full-batch
+L-BFGS on the objective scikit-learn's ``LogisticRegression`` minimises (``C`` times the summed
+cross-entropy plus half the squared weights, intercept unpenalised), the features standardised per
+training fold as in a ``StandardScaler`` pipeline, all folds fitted at once and warm-started along
+the path of ``C`` values. ``svm`` is scikit-learn's ``LinearSVC`` (``fit_sklearn``), which is also
+the reference the torch fit is tested against.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +15,97 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 C_GRID = np.logspace(-4, 2, 7)
+MAX_ITER = 300  # L-BFGS iterations per C (warm starts make later ones short)
 
 
 @dataclass(frozen=True)
 class LinearFit:
     """A fitted linear classifier on raw features: ``logits = features @ weight.T + bias``."""
 
-    weight: np.ndarray  # (classes, features)
-    bias: np.ndarray  # (classes,)
+    weight: torch.Tensor  # (classes, features), float32
+    bias: torch.Tensor  # (classes,)
     C: float  # the regularisation the cross-validation chose
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 0) -> LinearFit:
-    """Standardise, fit LogisticRegression (``logreg``) or LinearSVC (``svm``) with C by CV, and fold the
-    scaler into the weights."""
+def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's stratified k-fold (k = min(5, smallest class)), the same folds as GridSearchCV's."""
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(5, int(np.bincount(y).min()))
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def _standardise(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale of the rows of ``x`` where ``mask`` (F, N) is 1, per fold: (F, D) each."""
+    n = mask.sum(1, keepdim=True)
+    mean = mask @ x / n
+    var = (mask @ (x * x)) / n - mean * mean
+    scale = var.clamp_min(0).sqrt()
+    return mean, torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torch.Tensor) -> torch.Tensor:
+    """Minimise, for every fold f at once, sum_i mask[f, i] * CE(z[f, i]) + ||W_f||^2 / (2 C), from ``w``.
+
+    z: (F, N, D) standardised features; w: (F, K, D + 1), the last column the unpenalised intercept.
+    The folds' objectives are independent, so their sum has each fold's optimum as its own.
+    """
+    w = w.clone().requires_grad_(True)
+    n = mask.sum()
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=MAX_ITER, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    target = y.expand(len(z), -1)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2))  # (F, N, K)
+        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (F, N)
+        loss = ((ce * mask).sum() + (w[..., :-1] ** 2).sum() / (2 * C)) / n
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def _predict(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2)).argmax(-1)
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray = C_GRID) -> LinearFit:
+    """Multinomial logistic regression on ``x`` (N, D) with C by stratified CV, on ``x``'s device."""
+    x = x.float()
+    y = y.to(x.device).long()
+    k, d = int(y.max()) + 1, x.shape[1]
+    y_np = y.cpu().numpy()
+    chosen = 1.0  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
+    if np.bincount(y_np).min() >= 2:
+        folds = _folds(y_np, seed)
+        train = torch.zeros(len(folds), len(y), device=x.device)
+        for f, (tr, _) in enumerate(folds):
+            train[f, torch.as_tensor(tr, device=x.device)] = 1
+        mean, scale = _standardise(x, train)
+        z = (x[None] - mean[:, None]) / scale[:, None]
+        w = torch.zeros(len(folds), k, d + 1, device=x.device)
+        scores = []
+        for C in grid:  # small to large C: each fit starts from the last one's optimum
+            w = _fit(z, y, train, float(C), w)
+            right = (_predict(z, w) == y).float() * (1 - train)
+            scores.append((right.sum(1) / (1 - train).sum(1)).mean().item())
+        chosen = float(grid[int(np.argmax(scores))])  # ties: the smallest C, as GridSearchCV
+    everything = torch.ones(1, len(y), device=x.device)
+    mean, scale = _standardise(x, everything)
+    w = _fit(((x - mean) / scale)[None], y, everything, chosen, torch.zeros(1, k, d + 1, device=x.device))[0]
+    # The standardisation folds into the linear layer: w' = w / s, b' = b - w' . m.
+    weight = w[:, :-1] / scale
+    return LinearFit(weight, w[:, -1] - weight @ mean[0], chosen)
+
+
+def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 0) -> LinearFit:
+    """The scikit-learn reference: StandardScaler + LogisticRegression or LinearSVC, C by GridSearchCV."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -40,18 +123,20 @@ def fit_linear(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 
                               cv=StratifiedKFold(min(5, smallest), shuffle=True, random_state=seed))
         search.fit(x, y)
         pipe, chosen = search.best_estimator_, float(search.best_params_[key])
-    else:  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
+    else:
         pipe.fit(x, y)
         chosen = 1.0
     scaler, fitted = pipe[0], pipe[-1]
     coef, intercept = fitted.coef_, fitted.intercept_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row, the logit of class 1
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    # The scaler folds into the linear layer: w' = w / s, b' = b - w' . m.
     weight = coef / scaler.scale_
-    return LinearFit(weight, intercept - weight @ scaler.mean_, chosen)
+    bias = intercept - weight @ scaler.mean_
+    return LinearFit(torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32), chosen)
 
 
-def as_tensors(fit: LinearFit) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fit's weight and bias as float32 tensors, for ``TransferModel.set_output``."""
-    return torch.as_tensor(fit.weight, dtype=torch.float32), torch.as_tensor(fit.bias, dtype=torch.float32)
+def fit_probe(x: torch.Tensor, y: torch.Tensor, model: str = "logreg", seed: int = 0) -> LinearFit:
+    """The probe's fit: torch logistic regression on the device, or scikit-learn's LinearSVC."""
+    if model == "logreg":
+        return fit_logreg(x, y, seed)
+    return fit_sklearn(x.cpu().numpy(), y.cpu().numpy(), model, seed)

@@ -28,7 +28,7 @@ from ..data.imagestore import ImageStore
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
-from ..runtime.device import Precision
+from ..runtime.device import Precision, configure_torch
 from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -57,7 +57,9 @@ def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainC
     data_config = backbone_spec(config.model.backbone, config.model.image_size).data_config
     cache = build_image_cache(dataset, cache_side(data_config), data_config["interpolation"], quiet=quiet)
     rt = config.runtime
-    precision = Precision.choose(rt.device, rt.fp32, rt.fold_bn)
+    if rt.deterministic:
+        configure_torch(deterministic=True)
+    precision = Precision.choose(rt.device, rt.fp32, rt.fold_bn, rt.compile)
     return Prepared(dataset, splits, data_config, cache, precision, ImageStore(cache, precision.device))
 
 

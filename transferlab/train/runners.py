@@ -11,7 +11,7 @@ from typing import Any
 from ..models.heads import TransferModel
 from .batches import Batches, TensorBatches
 from .engine import PhaseContext, evaluate, fit_phase
-from .probe import as_tensors, fit_linear
+from .probe import fit_probe
 from .strategies import Gradient, Phase, Probe
 
 
@@ -75,8 +75,8 @@ def run_probe(r: PhaseRun) -> list[dict[str, Any]]:
     if not isinstance(r.train, TensorBatches):
         raise TypeError("the probe trains on cached pooled features")
     t0 = time.perf_counter()
-    fit = fit_linear(r.train.first_view().numpy(), r.train.labels.numpy(), r.phase.method.model, r.ctx.seed)
-    r.model.set_output(*as_tensors(fit))
+    fit = fit_probe(r.train.first_view(), r.train.labels, r.phase.method.model, r.ctx.seed)
+    r.model.set_output(fit.weight, fit.bias)
     r.details[f"{r.phase.name}_C"] = fit.C
     val_loss, val_acc = evaluate(r.model, r.val, r.ctx.precision)
     return [{"phase": r.phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
