@@ -29,12 +29,12 @@ STEPS=${*:-compare strategies compile pytest}
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # 1. All five strategies, cold (fresh cache folder), wall time including caching.
-wants compare && step compare 120 bash -c "TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
+wants compare && step compare 100 bash -c "TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
   --out /tmp/cmp --quiet && python3 -c \"import json; m=json.load(open('/tmp/cmp/metrics.json')); \
   [print(r['strategy'], round(r['test_acc'], 4), r['epochs'], round(r['seconds'], 1), r['details']) for r in m['runs']]\""
 
 # 2. The textbook loop and ours, same GPU, same run (finetune and probe).
-wants strategies && step strategies 220 python3 benchmarks/strategies.py --data $DATA --device cuda --workers 8 \
+wants strategies && step strategies 175 python3 benchmarks/strategies.py --data $DATA --device cuda --workers 8 \
   --strategies finetune,probe --naive finetune,probe
 
 # 3. torch.compile for the whole-model step: median epoch of finetune's whole-model phase.

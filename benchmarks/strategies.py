@@ -29,6 +29,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -213,11 +214,12 @@ def main() -> None:
         row = {"strategy": name, "acc": acc, "epochs": ep, "sec": sec, "times": times}
         print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s", flush=True)
         if name in args.naive.split(","):
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
+            # A fresh spawned process (not a daemonic Pool worker: its DataLoader starts workers of its own).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 fn = naive_probe if name == "probe" else naive_run
-                nacc, nep, nsec, ntimes = pool.apply(fn, (ds, splits, config) if name == "probe" else
-                                                     (name, ds, splits, config), {"device": device,
-                                                                                  "workers": args.workers})
+                nacc, nep, nsec, ntimes = pool.submit(fn, *((ds, splits, config) if name == "probe" else
+                                                            (name, ds, splits, config)),
+                                                      device=device, workers=args.workers).result()
             row |= {"n_acc": nacc, "n_epochs": nep, "n_sec": nsec, "n_times": ntimes}
             print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s", flush=True)
         rows.append(row)

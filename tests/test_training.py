@@ -136,7 +136,7 @@ def _train_cmd(data, out, *extra):
             "from transferlab.cli import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", boot, "train", "--data", str(data), "--strategy", "chain-thaw",
             "--out", str(out), "--backbone", "test_tiny", "--max-epochs", "3", "--patience", "3",
-            "--views", "2", "--batch-size", "8", "--quiet", *extra]
+            "--views", "2", "--batch-size", "8", "--checkpoint-seconds", "0", "--quiet", *extra]
 
 
 CUDA = torch.cuda.is_available()

@@ -24,7 +24,7 @@ class ImageStore:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if cache.nbytes <= resident_fraction * free:
-                self.resident = torch.from_numpy(np.ascontiguousarray(cache)).to(self.device)
+                self.resident = torch.from_numpy(np.array(cache)).to(self.device)  # a writable copy
 
     def __len__(self) -> int:
         return len(self.cache)

@@ -57,6 +57,8 @@ class RuntimeConfig:
                                       "the frozen ones")
     compile: str = option("none", "torch.compile the training step: none, default, or reduce-overhead "
                                   "(CUDA graphs)", choices=("none", "default", "reduce-overhead"))
+    checkpoint_seconds: float = option(30.0, "training time between checkpoints within a phase (0: every epoch; "
+                                             "the end of every phase is always saved)", minimum=0)
     deterministic: bool = option(False, "deterministic algorithms (on CUDA: fixed cuBLAS workspace, no cuDNN "
                                         "autotuning), so a resumed run matches an uninterrupted one exactly")
 

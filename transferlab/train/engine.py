@@ -146,7 +146,10 @@ class PhaseContext:
         precision: device, autocast and memory format.
         seed, phase_index: fix every epoch's randomness (``epoch_seed``).
         resume: the state an interrupted run of this phase saved.
-        checkpoint: called at every epoch end with the state to save.
+        checkpoint: called at an epoch end with the state to save, at most every ``checkpoint_seconds``.
+        checkpoint_seconds: training time between mid-phase checkpoints (0: every epoch). A
+            checkpoint of a whole model with its optimizer is tens of MB; on a GPU an epoch of a small
+            data set takes less time than writing it.
         quiet: no progress bar.
     """
 
@@ -155,6 +158,7 @@ class PhaseContext:
     phase_index: int = 0
     resume: PhaseState | None = None
     checkpoint: Callable[[PhaseState], None] | None = None
+    checkpoint_seconds: float = 0.0
     quiet: bool = False
 
 
@@ -221,6 +225,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
         val_loss, val_acc = evaluate(model, val, ctx.precision)
         state = PhaseState(best_val_loss=val_loss, best_val_acc=val_acc, best_epoch=0,
                            best_state=_trainable_state(model))
+    saved = time.perf_counter()
     with folded(model, val, ctx.precision), \
             progress_bar(f"{phase.name:>14s}", method.max_epochs, ctx.quiet, status=True) as bar:
         bar.advance(state.epoch + 1)
@@ -237,9 +242,10 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,
                                    "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0})
             bar.advance(info=f"train {train_loss:.3f}  val {val_loss:.3f}  acc {val_acc:.1%}")
-            if ctx.checkpoint is not None:
+            if ctx.checkpoint is not None and time.perf_counter() - saved >= ctx.checkpoint_seconds:
                 state.optimizer = optimizer.state_dict()
                 ctx.checkpoint(state)
+                saved = time.perf_counter()
     model.load_state_dict(state.best_state, strict=False)
     return PhaseResult(state.history, state.best_val_loss, state.best_val_acc, state.best_epoch,
                        stopped_early=state.bad_epochs >= method.patience)

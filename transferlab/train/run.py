@@ -207,7 +207,8 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}))
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     inputs = PhaseInputs(model, prep, config, store, quiet)
-    _run_phases(model, strategy, inputs, ckpt, PhaseContext(prep.precision, seed=seed, quiet=quiet))
+    ctx = PhaseContext(prep.precision, seed=seed, checkpoint_seconds=config.runtime.checkpoint_seconds, quiet=quiet)
+    _run_phases(model, strategy, inputs, ckpt, ctx)
 
     # Final metrics at the cheapest exact level.
     pristine = not ckpt.state.body_changed
