@@ -212,7 +212,9 @@ def main() -> None:
     for name in args.strategies.split(","):
         acc, ep, sec, times = ours(name, ds, splits, config)
         row = {"strategy": name, "acc": acc, "epochs": ep, "sec": sec, "times": times}
-        print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s", flush=True)
+        medians = {phase: round(statistics.median(t), 2) for phase, t in times.items()}
+        print(f"  ours  {name:11s} acc {acc:.1%} epochs {ep} {sec:.0f}s; median epoch s per phase {medians}",
+              flush=True)
         if name in args.naive.split(","):
             # A fresh spawned process (not a daemonic Pool worker: its DataLoader starts workers of its own).
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -221,7 +223,9 @@ def main() -> None:
                                                             (name, ds, splits, config)),
                                                       device=device, workers=args.workers).result()
             row |= {"n_acc": nacc, "n_epochs": nep, "n_sec": nsec, "n_times": ntimes}
-            print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s", flush=True)
+            medians = {phase: round(statistics.median(t), 2) for phase, t in ntimes.items()}
+            print(f"  naive {name:11s} acc {nacc:.1%} epochs {nep} {nsec:.0f}s; median epoch s per phase {medians}",
+                  flush=True)
         rows.append(row)
 
     print()

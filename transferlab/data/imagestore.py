@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..runtime.device import to_device
+
 # Upload the cache when it takes at most this share of the device's free memory.
 RESIDENT_FRACTION = 0.25
 
@@ -37,7 +39,7 @@ class ImageStore:
         """Images ``idx`` (in that order) as a uint8 tensor on the device."""
         idx = np.asarray(idx)
         if self.resident is not None:
-            return self.resident[torch.as_tensor(idx, device=self.device)]
+            return self.resident[to_device(torch.as_tensor(idx), self.device)]
         # Sorted reads keep memory-mapped access sequential; the requested order is restored after.
         sort = np.argsort(idx)
         host = torch.from_numpy(np.ascontiguousarray(self.cache[idx[sort]][np.argsort(sort)]))

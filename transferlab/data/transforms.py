@@ -10,12 +10,15 @@ interpolates bilinearly when it is enlarged.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 import torch
 from torchvision.ops import roi_align
+
+from ..runtime.device import to_device
 
 ImageBatch = np.ndarray | torch.Tensor  # (N, S, S, 3) uint8
 
@@ -25,10 +28,17 @@ def as_tensor(images: ImageBatch) -> torch.Tensor:
     return images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
 
 
+@functools.lru_cache(maxsize=32)
+def _statistics(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std scaled to 0..255, shaped for NCHW, made once per device (no copy per batch)."""
+    def make(v: tuple[float, ...]) -> torch.Tensor:
+        return to_device(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, device)
+    return make(mean), make(std)
+
+
 def normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
     """(x - mean) / std with the backbone's statistics, for x in 0..255 (NCHW)."""
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(data_config["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    mean, std = _statistics(tuple(data_config["mean"]), tuple(data_config["std"]), str(x.device))
     return (x.float() - mean) / std
 
 
@@ -59,11 +69,11 @@ def crop_params(u: torch.Tensor, side: int, scale: tuple[float, float] = (0.25, 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """Each image's box resized to ``size`` x ``size`` (float NCHW, 0..255), flipped where asked."""
     x = images.permute(0, 3, 1, 2).float()
-    rois = torch.cat([torch.arange(len(x), dtype=torch.float32).unsqueeze(1), boxes], 1).to(x.device)
+    rois = to_device(torch.cat([torch.arange(len(x), dtype=torch.float32).unsqueeze(1), boxes], 1), x.device)
     # aligned=True: pixel k covers [k, k + 1), so a box [left, left + w) holds exactly w pixels;
     # sampling_ratio=0 averages ceil(box / size) points per output pixel and axis.
     out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    return torch.where(flips.to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
+    return torch.where(to_device(flips, x.device).view(-1, 1, 1, 1), out.flip(-1), out)
 
 
 def train_batch(images: ImageBatch, data_config: dict[str, Any], generator: torch.Generator,

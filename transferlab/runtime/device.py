@@ -92,6 +92,16 @@ class Precision:
             (f", compiled ({self.compile})" if self.compile != "none" else "")
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device`` without making the host wait for the device: a plain ``.to(cuda)`` from
+    pageable memory synchronises the stream first, so a small copy in every step would serialise the
+    host and the GPU; from pinned memory the copy is queued like a kernel."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def configure_torch(deterministic: bool = False) -> None:
     """Process-wide torch settings for training: cuDNN autotuning for the fixed shapes of a run, or,
     with ``deterministic``, deterministic algorithms and a fixed cuBLAS workspace (slower, but a run

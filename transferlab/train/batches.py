@@ -12,6 +12,7 @@ import torch
 
 from ..data.imagestore import ImageStore
 from ..data.transforms import eval_batch, train_batch
+from ..runtime.device import to_device
 
 
 class Batches(Protocol):
@@ -43,13 +44,15 @@ class ImageBatches:
 
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
-        chunks = [order[s:s + self.batch_size].numpy() for s in range(0, len(self), self.batch_size)]
-        for pos, images in zip(chunks, self.images.stream(self.indices[p] for p in chunks)):
+        labels = self.labels[to_device(order, self.labels.device)]  # one copy per epoch, not per batch
+        starts = range(0, len(self), self.batch_size)
+        chunks = [self.indices[order[s:s + self.batch_size].numpy()] for s in starts]
+        for start, images in zip(starts, self.images.stream(chunks)):
             if generator is not None and self.augment:
                 x = train_batch(images, self.data_config, generator)
             else:
                 x = eval_batch(images, self.data_config)
-            yield x, self.labels[torch.as_tensor(pos, device=self.labels.device)]
+            yield x, labels[start:start + self.batch_size]
 
 
 class TensorBatches:
@@ -74,7 +77,7 @@ class TensorBatches:
         else:
             order = torch.randperm(n, generator=generator)
             view = torch.randint(self.views, (n,), generator=generator)
-        order, view = order.to(device), view.to(device)
+        order, view = to_device(order, device), to_device(view, device)
         for start in range(0, n, self.batch_size):
             pos = order[start:start + self.batch_size]
             yield self.tensors[view[pos], pos].float(), self.labels[pos]
