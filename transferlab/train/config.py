@@ -44,6 +44,13 @@ class ScheduleConfig:
     views: int = option(3, "cached augmented views per image for phases with a frozen prefix", minimum=1)
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
+    head_epochs: int | None = option(None, "epochs of the head warm-up before the body thaws (default 60, "
+                                           "early-stopped)", minimum=1)
+    body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
+    body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
+                                             "(default 3)", minimum=1)
+    body_bn: str = option("frozen", "BatchNorm of a thawed pretrained body: frozen statistics, or train "
+                                    "(batch statistics, updated)", choices=("frozen", "train"))
 
 
 @dataclass(frozen=True)
@@ -74,5 +81,6 @@ class TrainConfig:
     def strategy_options(self) -> StrategyOptions:
         """The strategy builders' knobs, with the schedule's caps applied."""
         s = self.schedule
-        return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative).scaled(
-            s.max_epochs, s.patience)
+        given = {k: getattr(s, k) for k in ("head_epochs", "body_epochs", "body_patience") if getattr(s, k)}
+        return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
+                               body_bn_train=s.body_bn == "train", **given).scaled(s.max_epochs, s.patience)

@@ -105,6 +105,7 @@ class StrategyOptions:
     scratch_patience: int = 8
     discriminative: bool = False  # gradual: lr / 2.6 per group from the top
     probe_model: str = "logreg"  # or "svm"
+    body_bn_train: bool = False  # BatchNorm of a thawed pretrained body learns batch statistics
 
     def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
         """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
@@ -150,14 +151,15 @@ def probe(groups: list[str], o: StrategyOptions) -> Strategy:
 @STRATEGIES.register("finetune")
 def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head warm-up on frozen features, then the whole model at a lower rate."""
-    whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience))
+    whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience,
+                                                   bn_eval=not o.body_bn_train))
     return Strategy("finetune", pretrained=True, phases=[_head_phase(o), whole])
 
 
 @STRATEGIES.register("chain-thaw")
 def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
-    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience)
+    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=not o.body_bn_train)
     steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
     whole = Phase("all", (*groups, HEAD), step)
     return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o), *steps, whole])
@@ -172,7 +174,8 @@ def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
         rates = {g: o.body_lr / 2.6 ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
             if o.discriminative else {}
         phases.append(Phase(f"thaw last {k}", (*thawed, HEAD), Gradient(
-            lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience)))
+            lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience,
+            bn_eval=not o.body_bn_train)))
     return Strategy("gradual", pretrained=True, phases=phases)
 
 
