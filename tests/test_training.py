@@ -217,6 +217,6 @@ def test_schedule_knobs_reach_the_phases():
     assert default[0].method.max_epochs == 60 and default[1].method.bn_eval  # frozen statistics by default
     config = TrainConfig(schedule=ScheduleConfig(head_epochs=1, body_patience=5, body_bn="train", max_epochs=4))
     head, whole = build_strategy("finetune", groups, config.strategy_options()).phases
-    assert head.method.max_epochs == 1 and whole.method.patience == 4 and whole.method.max_epochs == 4
+    assert head.method.max_epochs == 1 and whole.method.patience == 5 and whole.method.max_epochs == 4
     assert not whole.method.bn_eval  # batch statistics in the whole-model phase
     assert all(not p.method.bn_eval for p in build_strategy("chain-thaw", groups, config.strategy_options()).phases[1:])
