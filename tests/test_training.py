@@ -220,3 +220,5 @@ def test_schedule_knobs_reach_the_phases():
     assert head.method.max_epochs == 1 and whole.method.patience == 5 and whole.method.max_epochs == 4
     assert not whole.method.bn_eval  # batch statistics in the whole-model phase
     assert all(not p.method.bn_eval for p in build_strategy("chain-thaw", groups, config.strategy_options()).phases[1:])
+    # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
+    assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4

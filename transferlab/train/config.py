@@ -44,7 +44,8 @@ class ScheduleConfig:
     views: int = option(3, "cached augmented views per image for phases with a frozen prefix", minimum=1)
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
-    head_epochs: int | None = option(None, "epochs of the head warm-up before the body thaws (default 60, "
+    head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "
+                                           "chain-thaw, gradual; default: as the features strategy, 60, "
                                            "early-stopped)", minimum=1)
     body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
     body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
@@ -81,6 +82,7 @@ class TrainConfig:
     def strategy_options(self) -> StrategyOptions:
         """The strategy builders' knobs, with the schedule's caps applied."""
         s = self.schedule
-        given = {k: getattr(s, k) for k in ("head_epochs", "body_epochs", "body_patience") if getattr(s, k)}
+        given = {k: getattr(s, k) for k in ("body_epochs", "body_patience") if getattr(s, k)}
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
-                               body_bn_train=s.body_bn == "train", **given).scaled(s.max_epochs, s.patience)
+                               body_bn_train=s.body_bn == "train", warmup_epochs=s.head_epochs,
+                               **given).scaled(s.max_epochs, s.patience)

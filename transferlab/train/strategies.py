@@ -106,13 +106,15 @@ class StrategyOptions:
     discriminative: bool = False  # gradual: lr / 2.6 per group from the top
     probe_model: str = "logreg"  # or "svm"
     body_bn_train: bool = False  # BatchNorm of a thawed pretrained body learns batch statistics
+    warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: as head_epochs)
 
     def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
         """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
         out = self
         if max_epochs is not None:
             out = replace(out, **{k: min(getattr(out, k), max_epochs)
-                                  for k in ("head_epochs", "body_epochs", "step_epochs", "scratch_epochs")})
+                                  for k in ("head_epochs", "body_epochs", "step_epochs", "scratch_epochs")},
+                          warmup_epochs=None if out.warmup_epochs is None else min(out.warmup_epochs, max_epochs))
         if patience is not None:
             out = replace(out, **{k: min(getattr(out, k), patience)
                                   for k in ("head_patience", "body_patience", "step_patience", "scratch_patience")})
@@ -123,8 +125,10 @@ Builder = Callable[[list[str], StrategyOptions], Strategy]
 STRATEGIES: Registry[Builder] = Registry("strategy", TransferlabError)
 
 
-def _head_phase(o: StrategyOptions) -> Phase:
-    return Phase("head", (HEAD,), Gradient(lr=o.head_lr, max_epochs=o.head_epochs, patience=o.head_patience))
+def _head_phase(o: StrategyOptions, warmup: bool = True) -> Phase:
+    """The new head on frozen features: the whole of ``features``, or the warm-up before a body thaws."""
+    epochs = o.warmup_epochs if warmup and o.warmup_epochs is not None else o.head_epochs
+    return Phase("head", (HEAD,), Gradient(lr=o.head_lr, max_epochs=epochs, patience=o.head_patience))
 
 
 @STRATEGIES.register("scratch")
@@ -138,7 +142,7 @@ def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
 @STRATEGIES.register("features")
 def features(groups: list[str], o: StrategyOptions) -> Strategy:
     """Frozen pretrained backbone as a feature extractor; train the dense head only."""
-    return Strategy("features", pretrained=True, phases=[_head_phase(o)])
+    return Strategy("features", pretrained=True, phases=[_head_phase(o, warmup=False)])
 
 
 @STRATEGIES.register("probe")
