@@ -28,13 +28,6 @@ class ImageStore:
             if cache.nbytes <= resident_fraction * free:
                 self.resident = torch.from_numpy(np.array(cache)).to(self.device)  # a writable copy
 
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    @property
-    def side(self) -> int:
-        return int(self.cache.shape[1])
-
     def gather(self, idx: np.ndarray) -> torch.Tensor:
         """Images ``idx`` (in that order) as a uint8 tensor on the device."""
         idx = np.asarray(idx)

@@ -16,7 +16,7 @@ import torch
 from ..core.errors import BackboneError
 from . import weights
 from .backbone import BACKBONES, DEFAULT_BACKBONE, Backbone
-from .builders import KNOWN_META, LITE, PREFIXES, tv_meta
+from .builders import KNOWN_META, PREFIXES, tv_meta
 from .lite_weights import lite_weights_path
 
 # Backbones listed by ``transferlab backbones`` besides the registered names.
@@ -139,5 +139,5 @@ def backbone_info(name: str) -> dict[str, Any]:
     return info | {"weights": status, "offline": status == "offline"}
 
 
-__all__ = ["LITE", "BackboneSpec", "backbone_info", "backbone_spec", "create_backbone", "list_backbones",
+__all__ = ["BackboneSpec", "backbone_info", "backbone_spec", "create_backbone", "list_backbones",
            "weights_offline", "weights_status"]
