@@ -35,10 +35,7 @@ class ImageStore:
             return self.resident[to_device(torch.as_tensor(idx), self.device)]
         # Sorted reads keep memory-mapped access sequential; the requested order is restored after.
         sort = np.argsort(idx)
-        host = torch.from_numpy(np.ascontiguousarray(self.cache[idx[sort]][np.argsort(sort)]))
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, non_blocking=True)
-        return host
+        return to_device(torch.from_numpy(np.ascontiguousarray(self.cache[idx[sort]][np.argsort(sort)])), self.device)
 
     def stream(self, chunks: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         """``gather`` of each chunk in turn; from the host, the next chunk is read ahead on a thread."""
