@@ -5,22 +5,17 @@ at the parser: a bad value is a one-line error naming the option."""
 from __future__ import annotations
 
 import argparse
-import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.config import from_flat, leaf_fields
-
-_NONE = type(None)
+from ..core.config import from_flat, is_union, leaf_fields, without_none
 
 
 def _base_type(tp: Any) -> Any:
-    """``int | None`` -> int; other types unchanged."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not _NONE]
-        return inner[0] if len(inner) == 1 else str
-    return tp
+    """``int | None`` -> int; a wider union is read as a string; other types unchanged."""
+    tp = without_none(tp)
+    return str if is_union(tp) else tp
 
 
 def _number(kind: type, minimum: float | None) -> Callable[[str], Any]:

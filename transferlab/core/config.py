@@ -65,14 +65,27 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+def is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def without_none(tp: Any) -> Any:
+    """``X | None`` -> ``X``; any other type as it is."""
+    if is_union(tp):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
+
+
 def _coerce(value: Any, tp: Any) -> Any:
     """``value`` read from YAML as the field type ``tp`` (lists become tuples)."""
     if value is None:
         return None
+    tp = without_none(tp)
+    if is_union(tp):
+        return value
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0]) if len(inner) == 1 else value
     if origin is tuple:
         (item, *_) = typing.get_args(tp) or (Any,)
         return tuple(_coerce(v, item) for v in value)
