@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks on a lent GPU machine (the device tool): install the carried wheels, then the steps named
-# as arguments (default: all): compare (all five strategies on flower_photos, cold, wall time),
+# as arguments (default: all): profile (where a whole-model epoch goes, variants, textbook loop), compare (all five strategies on flower_photos, cold, wall time),
 # strategies (the textbook loop against ours on the same GPU), compile (torch.compile modes for the
 # whole-model step), pytest (the suite on CUDA). Logs go to $OUT/<step>.log.
 #   bash benchmarks/gpu.sh compare strategies pytest
@@ -25,11 +25,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   tail -n 30 "$OUT/$name.log"
 }
 
-STEPS=${*:-compare strategies compile pytest}
+STEPS=${*:-profile compare strategies compile pytest}
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
+# 0. Where a whole-model epoch goes: runtime variants, data path and step alone, textbook loop, profiler.
+wants profile && step profile 330 python3 benchmarks/epoch_profile.py --data $DATA --device cuda --workers 8
+
 # 1. All five strategies, cold (fresh cache folder), wall time including caching.
-wants compare && step compare 100 bash -c "TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
+wants compare && step compare 150 bash -c "TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
   --out /tmp/cmp --quiet && python3 -c \"import json; m=json.load(open('/tmp/cmp/metrics.json')); \
   [print(r['strategy'], round(r['test_acc'], 4), r['epochs'], round(r['seconds'], 1), r['details']) for r in m['runs']]\""
 
