@@ -54,7 +54,12 @@ class Precision:
                compile: str = "none") -> Precision:
         """Fast defaults for ``device``; ``fp32=True`` turns mixed precision off."""
         dev = resolve_device(device)
-        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=True, fold_bn=fold_bn, compile=compile)
+        # channels_last: on a CPU oneDNN's fastest layout; on CUDA the contiguous layout runs as fast in
+        # the steady state (lite0, H200: 0.28 s per epoch either way) while cuDNN's first use of each
+        # channels_last bf16 convolution costs seconds of host time choosing kernels (first epoch
+        # 16 s vs 0.8 s; benchmarks/epoch_profile.py --profile-cold).
+        return cls(dev, bf16=not fp32 and bf16_native(dev), channels_last=dev.type != "cuda", fold_bn=fold_bn,
+                   compile=compile)
 
     def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` for the training step: itself, or compiled with ``torch.compile`` when asked."""
@@ -103,13 +108,18 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 
 def configure_torch(deterministic: bool = False) -> None:
-    """Process-wide torch settings for training: cuDNN autotuning for the fixed shapes of a run, or,
-    with ``deterministic``, deterministic algorithms and a fixed cuBLAS workspace (slower, but a run
-    resumed after a kill then matches an uninterrupted one on CUDA too). The CLI calls it in main;
-    ``prepare`` calls it when a config asks for determinism."""
+    """Process-wide torch settings for training: with ``deterministic``, deterministic algorithms and a
+    fixed cuBLAS workspace (slower, but a run resumed after a kill then matches an uninterrupted one
+    on CUDA too). The CLI calls it in main; ``prepare`` calls it when a config asks for determinism.
+
+    cuDNN autotuning stays off: on an H200 (torch 2.11, bf16, channels_last) it made the first
+    whole-model epoch of lite0 take 56 s, against 0.27 s for every later one, and it pays again for
+    every new shape (remainder batches, evaluation batches, folded and plain BatchNorm, each
+    strategy), while its heuristic-free choice gained nothing measurable in the steady state
+    (0.27 s vs 0.25 s per epoch; benchmarks/epoch_profile.py)."""
     if deterministic:
         # cuBLAS reads this when its first handle is made: before any CUDA work to take effect.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
