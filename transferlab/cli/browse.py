@@ -18,7 +18,7 @@ from ..models.catalog import backbone_info, list_backbones
 from ..train.config import DataConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from ..train.strategies import describe_strategy, list_strategies
 from .common import out
-from .options import add_config_options, add_output_options, config_from_args
+from .options import add_config_options, add_output_options, config_from_args, number
 
 WEIGHTS_SHOWN = {"offline": "yes", "download": "no (download)", "none": "none (random init only)"}
 
@@ -141,6 +141,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("classify", help="ImageNet top-k with a backbone's pretrained head")
     c.add_argument("images", nargs="+")
     c.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--top-k", type=number(int, 1), default=5, help="labels per image (default: 5)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(handler=run_classify, subparser=c)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 # Results go to stdout; progress and errors go to stderr (core.progress.console).
-out = Console()
+out = Console(emoji=False)
 
 
 def numbered_out(base: str, resume: bool) -> str:

@@ -8,6 +8,7 @@ import json
 from ..inference.export import export_model
 from ..inference.predict import predict
 from .common import out
+from .options import number
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="label images with a trained run")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=number(int, 1), default=1, help="labels per image (default: 1)")
     p.add_argument("--strategy", help="use this strategy's model instead of the winner")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_predict, subparser=p)

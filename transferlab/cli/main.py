@@ -4,11 +4,14 @@ settings a command-line run wants, and turns user errors into one-line messages.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from PIL import Image
 from rich.markup import escape
 
-from ..core.errors import TransferlabError
+from ..core.errors import TransferlabError, explain_os_error
+from ..core.paths import cache_home
 from ..core.progress import console
 from ..data.images import allow_large_images
 from ..runtime.allocator import tune_allocator
@@ -26,8 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _as_user_error(exc: BaseException) -> TransferlabError | None:
+    """The one-line error for what a user's files, disk or environment caused; None for a bug."""
+    if isinstance(exc, TransferlabError):
+        return exc
+    if isinstance(exc, OSError):
+        where = str(exc.filename or "")
+        hint = "set TRANSFERLAB_HOME to another folder for the caches" if where.startswith(str(cache_home())) \
+            else "choose another --out" if exc.errno is not None else ""
+        return explain_os_error(exc, hint)
+    if isinstance(exc, Image.DecompressionBombError):
+        return TransferlabError(f"an image is too large to decode safely: {exc}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C."""
+    """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C.
+
+    Errors that the user's input, files, disk or environment caused (``TransferlabError``, and
+    ``OSError`` such as a full disk, a read-only folder or a missing permission) are one line naming
+    the file and what to do; ``TRANSFERLAB_DEBUG=1`` shows the traceback as well."""
     args = build_parser().parse_args(argv)
     try:
         args = runs.apply_config_file(args, argv)
@@ -37,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         allow_large_images()
         configure_torch(deterministic=getattr(args, "deterministic", False))
         return args.handler(args) or 0
-    except TransferlabError as exc:
-        # The message may hold file or class names with brackets: printed as text, not as markup.
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-        return 2
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    except Exception as exc:
+        error = _as_user_error(exc)
+        if error is None or os.environ.get("TRANSFERLAB_DEBUG"):
+            raise
+        # The message may hold file or class names with brackets: printed as text, not as markup.
+        console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

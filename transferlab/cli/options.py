@@ -18,7 +18,8 @@ def _base_type(tp: Any) -> Any:
     return str if is_union(tp) else tp
 
 
-def _number(kind: type, minimum: float | None) -> Callable[[str], Any]:
+def number(kind: type, minimum: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` (int or float), at least ``minimum``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -33,7 +34,7 @@ def _number(kind: type, minimum: float | None) -> Callable[[str], Any]:
 
 def _sequence(item: type, minimum: float | None) -> Callable[[str], tuple]:
     """Comma-separated values; for whole numbers also a range ``a..b``."""
-    one = _number(item, minimum) if item in (int, float) else str
+    one = number(item, minimum) if item in (int, float) else str
 
     def parse(text: str) -> tuple:
         if item is int and ".." in text:
@@ -70,7 +71,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Map
         if typing.get_origin(kind) is tuple:
             parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))
         elif kind in (int, float):
-            parse, shown = _number(kind, meta.get("minimum")), default
+            parse, shown = number(kind, meta.get("minimum")), default
         else:
             parse, shown = str, default
         # Required settings are checked after parsing (``require``): --config may supply them.

@@ -49,9 +49,9 @@ def run_demo(args: argparse.Namespace) -> None:
     args.out = args.out or numbered_out("runs/demo", args.resume)
     plan = config_from_args(CompareConfig, args)
     out.print(f"demo: {', '.join(plan.strategies)} on {args.source} (scikit-learn's digits) with {args.backbone} "
-              f"at {args.image_size}px -> {args.out}", highlight=False)
+              f"at {args.image_size}px -> {args.out}", markup=False, highlight=False)
     _run(args, plan, args.out, command=f"transferlab demo --out {args.out}")
-    out.print(f"report: {Path(args.out).resolve() / 'report.html'}", highlight=False)
+    out.print(f"report: {Path(args.out).resolve() / 'report.html'}", markup=False, highlight=False)
 
 
 def apply_config_file(args: argparse.Namespace, argv: list[str] | None) -> argparse.Namespace:

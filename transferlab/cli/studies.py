@@ -21,14 +21,14 @@ def run_sweep(args: argparse.Namespace) -> None:
                 config_from_args(SweepConfig, args), quiet=args.quiet)
     if res["capped"]:
         out.print(f"sizes {res['capped']} exceed the smallest class and were capped")
-    out.print(f"results and report: {args.out}", highlight=False)
+    out.print(f"results and report: {args.out}", markup=False, highlight=False)
 
 
 def run_transferability(args: argparse.Namespace) -> None:
     """Yosinski et al.'s AnB / BnB networks for each cut."""
     res = transferability(config_from_args(DataConfig, args), config_from_args(TrainConfig, args), args.out,
                           config_from_args(TransferabilityConfig, args), quiet=args.quiet)
-    out.print(f"done in {res['seconds']:.0f} s; results and report: {args.out}", highlight=False)
+    out.print(f"done in {res['seconds']:.0f} s; results and report: {args.out}", markup=False, highlight=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,7 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# emoji=False: a file or class name like "a:fire:b" is printed as it is.
+console = Console(stderr=True, emoji=False)
 
 
 class _Bar:
@@ -47,3 +49,9 @@ def progress_bar(description: str, total: int | None, quiet: bool = False,
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(description, total=total, info="")
         yield _Bar(progress, task)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, shown even when quiet; ``message`` is plain text (file and class names with
+    brackets are printed as they are, not read as markup)."""
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)

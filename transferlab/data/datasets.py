@@ -10,7 +10,6 @@ files are found up front (the scan is remembered per listing, so later runs skip
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.errors import DataError
-from ..core.io import write_json
+from ..core.errors import DamagedFileError, DataError
+from ..core.io import read_json, write_json
 from ..core.paths import cache_home
 from .images import IMAGE_EXTENSIONS, check_image, open_rgb
 
@@ -97,14 +96,20 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
     Decoding every file takes a while on big sets, so the result is remembered per listing
     (relative path, size, mtime) in the cache folder.
     """
-    listing = hashlib.sha256()
+    # The listing holds each file's absolute path, size, mtime and ctime: the kernel sets ctime on
+    # every change of a file (it cannot be set back, unlike mtime), so a file rewritten with other
+    # pixels but the same name, size and mtime, or another folder with the same names, is scanned anew.
+    listing = hashlib.sha256(str(root.resolve()).encode())
     for f in files:
         st = f.stat()
-        listing.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        listing.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     memo = cache_home() / "scans" / f"{listing.hexdigest()[:32]}.json"
     if memo.is_file():
-        saved = json.loads(memo.read_text())
-        return saved["fingerprint"], saved["bad"]
+        try:
+            saved = read_json(memo)
+            return saved["fingerprint"], saved["bad"]
+        except (DamagedFileError, KeyError, TypeError):  # a damaged memo is only a lost shortcut
+            pass
     content = hashlib.sha256()
     bad: dict[str, str] = {}
     for f in files:
@@ -160,6 +165,17 @@ def _check_classes(classes: list[str], where: Path) -> None:
                         "one per class, each holding that class's images")
 
 
+def _check_same_classes(per_split: dict[str | None, set[str]], layout: dict[str | None, Path]) -> None:
+    """Every split folder must hold the same class folders: a class missing from val/ or test/ makes
+    its accuracy meaningless, and one missing from train/ can never be predicted."""
+    every = set().union(*per_split.values())
+    for split, names in per_split.items():
+        if names != every:
+            missing = ", ".join(sorted(every - names))
+            raise DataError(f"{layout[split]} lacks the class folder(s) {missing} that the other splits have; "
+                            "every split folder needs the same class folders")
+
+
 def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
     """A folder of class folders, or a folder with train/ val/ test/ (any subset) of class folders."""
     root = Path(root).expanduser()
@@ -176,6 +192,7 @@ def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
     layout = split_dirs or {None: root}
     entries: list[tuple[Path, str, str | None]] = []
     classes: set[str] = set()
+    per_split: dict[str | None, set[str]] = {}
     for split, folder in layout.items():
         class_dirs = _class_dirs(folder)
         if not class_dirs:
@@ -189,6 +206,8 @@ def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
                                 "add images to it or remove the folder")
             entries += [(f, d.name, split) for f in files]
             classes.add(d.name)
+            per_split.setdefault(split, set()).add(d.name)
+    _check_same_classes(per_split, layout)
     ordered = sorted(classes)
     _check_classes(ordered, root)
     if split_dirs and "train" not in split_dirs:

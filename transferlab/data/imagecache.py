@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..core.io import atomic_path
+from ..core.io import allocate, atomic_path, ensure_free_space, folder_lock, remove_stale_temporaries
 from ..core.paths import cache_home
 from ..core.progress import progress_bar
 from .datasets import ImageDataset
@@ -41,20 +41,22 @@ def cache_side(data_config: dict[str, Any]) -> int:
 
 
 def resize_center(img: Image.Image, side: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Short side to ``side`` (keeping the aspect ratio), then the centre ``side x side`` square."""
+    """The centre square of the image (its short side), resized to ``side x side``: the same as
+    resizing the short side to ``side`` and cutting the centre square, but only the square is
+    ever resampled, so a 1 x 100000 strip costs one small square rather than a huge enlargement."""
     w, h = img.size
-    scale = side / min(w, h)
-    nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
+    s = min(w, h)
+    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
     # reducing_gap makes downscaling huge images fast at no visible cost.
-    img = img.resize((nw, nh), _PIL_INTERPOLATION.get(interpolation, Image.Resampling.BICUBIC),
+    img = img.resize((side, side), _PIL_INTERPOLATION.get(interpolation, Image.Resampling.BICUBIC), box=box,
                      reducing_gap=3.0)
-    left, top = (nw - side) // 2, (nh - side) // 2
-    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def cache_path(ds: ImageDataset, side: int, interpolation: str) -> Path:
     """Where the cache of ``ds`` at ``side`` px lives."""
-    key = hashlib.sha256(f"{ds.fingerprint}|{side}|{interpolation}".encode()).hexdigest()[:24]
+    # v2: the centre square is resampled directly (resize_center), not cut from a resized image.
+    key = hashlib.sha256(f"{ds.fingerprint}|{side}|{interpolation}|v2".encode()).hexdigest()[:24]
     return cache_home() / "images" / f"{key}.npy"
 
 
@@ -62,13 +64,27 @@ def build_image_cache(ds: ImageDataset, side: int, interpolation: str = "bicubic
                       workers: int | None = None, quiet: bool = False) -> np.ndarray:
     """The (N, side, side, 3) uint8 array of ``ds``, read from disk or built once and stored."""
     path = cache_path(ds, side, interpolation)
-    if path.is_file():
-        arr = np.load(path, mmap_mode="r")
-        if arr.shape == (len(ds), side, side, 3):
-            return arr
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per cache folder at a time: a second process waits, then finds the finished file.
+    with folder_lock(path.parent, wait=True):
+        remove_stale_temporaries(path.parent, recursive=False)
+        if path.is_file():
+            try:
+                arr = np.load(path, mmap_mode="r")
+                if arr.shape == (len(ds), side, side, 3):
+                    return arr
+            except (ValueError, OSError):  # damaged (say, copied in part): built again below
+                pass
+        return _build(ds, path, side, interpolation, workers, quiet)
+
+
+def _build(ds: ImageDataset, path: Path, side: int, interpolation: str, workers: int | None,
+           quiet: bool) -> np.ndarray:
+    shape = (len(ds), side, side, 3)
+    ensure_free_space(path.parent, int(np.prod(shape)), "the image cache",
+                      "set TRANSFERLAB_HOME to a folder on a disk with room")
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ds), side, side, 3))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        allocate(tmp)
 
         def work(i: int) -> None:
             out[i] = resize_center(ds.image(i, draft_size=side), side, interpolation)

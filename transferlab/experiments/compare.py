@@ -23,11 +23,13 @@ import numpy as np
 import yaml
 
 from ..core.config import from_dict, option, to_dict
-from ..core.errors import TransferlabError
-from ..core.io import atomic_path, write_text
+from ..core.errors import DamagedFileError, TransferlabError
+from ..core.io import atomic_path, ensure_free_space, folder_lock, read_json, remove_stale_temporaries, write_text
 from ..core.progress import console
 from ..data.builtin import load_dataset
+from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
+from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import RunResult, prepare, train_one
@@ -55,27 +57,77 @@ class Experiment:
     compare: CompareConfig = CompareConfig()
 
 
+def _read_config(path: Path) -> dict:
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DamagedFileError(path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(saved, dict):
+        raise DamagedFileError(path, "not a transferlab config.yaml")
+    return saved
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """An Experiment read back from a config.yaml."""
     path = Path(path)
     if not path.is_file():
         raise TransferlabError(f"{path} does not exist; pass the config.yaml of a results directory")
     try:
-        return from_dict(Experiment, yaml.safe_load(path.read_text()) or {})
-    except (yaml.YAMLError, TypeError) as exc:
-        raise TransferlabError(f"{path} is not a transferlab config.yaml ({exc})") from None
+        return from_dict(Experiment, _read_config(path))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DamagedFileError(path, f"not a transferlab config.yaml: {exc}") from None
+
+
+def _has_results(out: Path) -> bool:
+    """Whether ``out`` holds finished or interrupted runs (a config.yaml alone is a failed start)."""
+    return (out / "metrics.json").is_file() or any(out.glob("*/seed*/result.json")) or \
+        any(out.glob("*/seed*/checkpoint.pt"))
 
 
 def _check_out(out: Path, exp: Experiment, resume: bool) -> None:
-    """Refuse to overwrite results, or to resume a folder made with other settings."""
-    if out.exists() and any(out.iterdir()) and not resume and (out / "config.yaml").is_file():
+    """Refuse an --out that is a file or lies inside the data, results that would be overwritten, or
+    resuming a folder made with other settings."""
+    if out.exists() and not out.is_dir():
+        raise TransferlabError(f"--out {out} is a file, not a folder; choose another --out")
+    source = Path(exp.data.source).expanduser()
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        raise TransferlabError(f"--out {out} lies inside the data folder {source}: results would be read as "
+                               "images next time; choose an --out outside it")
+    if not out.is_dir() or not (out / "config.yaml").is_file():
+        return
+    if not resume and _has_results(out):
         raise TransferlabError(f"{out} already holds results; pass --resume to continue them, "
                                "or choose another --out")
-    if resume and (out / "config.yaml").is_file():
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        if saved != to_dict(exp):
-            raise TransferlabError(f"{out} was made with other settings; resume with the same options "
-                                   f"(saved in {out / 'config.yaml'}) or choose another --out")
+    if resume and _read_config(out / "config.yaml") != to_dict(exp):
+        raise TransferlabError(f"{out} was made with other settings; resume with the same options "
+                               f"(saved in {out / 'config.yaml'}) or choose another --out")
+
+
+def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray]) -> None:
+    """On resume: the data and splits must be those the finished runs were trained on."""
+    manifest, saved_splits = out / "manifest.json", out / "splits.npz"
+    if manifest.is_file():
+        before = read_json(manifest).get("data", {}).get("fingerprint")
+        if before and before != ds.fingerprint:
+            raise TransferlabError(f"the data changed since {out} was made (fingerprint {before}, now "
+                                   f"{ds.fingerprint}): its runs would mix two data sets; start a new --out")
+    if saved_splits.is_file():
+        try:
+            with np.load(saved_splits) as saved:
+                same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
+                    np.array_equal(saved["labels"], ds.labels)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DamagedFileError(saved_splits, str(exc)) from None
+        if not same:
+            raise TransferlabError(f"the images or splits differ from those {out} was made with; "
+                                   "start a new --out")
+
+
+def _results_bytes(plan: CompareConfig, params_m: float | None) -> int:
+    """About what the results of ``plan`` take on disk: per run the float32 weights, plus one
+    checkpoint with Adam's two moments (3x the weights) while a run trains, plus the reports."""
+    weights = int((params_m or 25) * 1e6 * 4)
+    return plan.seeds * len(plan.strategies) * weights + 3 * weights + (20 << 20)
 
 
 def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: CompareConfig = CompareConfig(), *,
@@ -97,16 +149,27 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
         raise TransferlabError(f"unknown strategy {', '.join(unknown)}; known: {', '.join(list_strategies())}")
     exp, out = Experiment(data, config, plan), Path(out)
     _check_out(out, exp, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
+    # Everything that can fail on the user's input fails before the folder is touched.
+    spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
     splits = make_splits(ds, seed=data.split_seed)
+    with folder_lock(out, what="a comparison"):
+        remove_stale_temporaries(out)
+        if resume:
+            _check_same_data(out, ds, splits)
+        ensure_free_space(out, _results_bytes(plan, spec.meta.get("params_m")), "the results", "choose another --out")
+        return _run_plan(exp, ds, splits, out, resume, quiet, command or " ".join(["transferlab", *sys.argv[1:]]))
+
+
+def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, resume: bool,
+              quiet: bool, command: str) -> dict[str, Any]:
+    config, plan = exp.train, exp.compare
+    started = time.time()
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
     prep = prepare(ds, splits, config, quiet=quiet)
     with atomic_path(out / "splits.npz") as tmp:
         np.savez(tmp, labels=ds.labels, **splits)
     results: list[RunResult] = []
-    command = command or " ".join(["transferlab", *sys.argv[1:]])
     for strategy in plan.strategies:
         for seed in range(plan.seeds):
             if not quiet:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..core.errors import DataError
 from ..data.imagecache import cache_side, resize_center
@@ -24,7 +25,11 @@ def preprocess(paths: list[Path], data_config: dict) -> torch.Tensor:
             arrays.append(resize_center(open_rgb(path, draft_size=side), side, data_config["interpolation"]))
         except FileNotFoundError:
             raise DataError(f"{path} does not exist") from None
-        except (OSError, ValueError) as exc:
+        except PermissionError:
+            raise DataError(f"{path} cannot be read: permission denied") from None
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"{path} is too large to decode safely ({exc})") from None
+        except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{path} is not a readable image ({exc})") from None
     return eval_batch(np.stack(arrays), data_config)
 
@@ -45,5 +50,5 @@ def classify(paths: list[str | Path], backbone: str = DEFAULT_BACKBONE,
     x = preprocess([Path(p) for p in paths], bb.data_config)
     probs = bb.model.eval()(x).softmax(-1)
     names = imagenet_names()
-    values, indices = probs.topk(top_k, dim=-1)
+    values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [[(names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]

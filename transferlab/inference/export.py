@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from ..core.errors import TransferlabError
-from ..core.io import write_json
+from ..core.io import atomic_path, write_json
 from ..data.builtin import load_dataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..data.transforms import eval_batch
@@ -46,6 +46,27 @@ def _sample_inputs(info: dict[str, Any], n: int = 4) -> torch.Tensor:
         return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)).clamp(-2, 2)
 
 
+def _target(out: str | Path | None, default: Path) -> Path:
+    """The file to write: ``out`` (its folder made if missing; a folder means a file inside it) or ``default``."""
+    if out is None:
+        return default
+    path = Path(out)
+    if path.is_dir():
+        return path / default.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_parity(got: np.ndarray, reference: np.ndarray, path: Path) -> float:
+    """The largest difference to PyTorch's outputs; an export that differs too much is refused (and
+    then not written)."""
+    diff = float(np.abs(got - reference).max())
+    if diff > PARITY_TOLERANCE:
+        raise TransferlabError(f"the export to {path} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}); "
+                               "it was not written")
+    return diff
+
+
 def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
                  strategy: str | None = None) -> tuple[Path, float]:
     """Export a run's model; return the file and the max abs difference to PyTorch on a few images.
@@ -65,24 +86,22 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         except ImportError:
             raise TransferlabError("ONNX export needs onnx and onnxruntime: "
                                    "pip install 'transferlab[export]'") from None
-        path = Path(out) if out else folder / "model.onnx"
-        torch.onnx.export(wrapper, (x,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(["logits"], {"image": x.numpy()})[0]
+        path = _target(out, folder / "model.onnx")
+        with atomic_path(path) as tmp:
+            torch.onnx.export(wrapper, (x,), str(tmp), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            diff = _check_parity(session.run(["logits"], {"image": x.numpy()})[0], reference, path)
     elif fmt == "torchscript":
-        path = Path(out) if out else folder / "model.torchscript.pt"
+        path = _target(out, folder / "model.torchscript.pt")
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, x)
-        traced.save(str(path))
-        with torch.no_grad():
-            got = torch.jit.load(str(path))(x).numpy()
+        with atomic_path(path) as tmp:
+            traced.save(str(tmp))
+            with torch.no_grad():
+                diff = _check_parity(torch.jit.load(str(tmp))(x).numpy(), reference, path)
     else:
         raise TransferlabError(f"unknown export format {fmt!r}; use onnx or torchscript")
-    diff = float(np.abs(got - reference).max())
-    if diff > PARITY_TOLERANCE:
-        raise TransferlabError(f"exported {path} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}); "
-                               "do not use it")
     write_json(path.parent / (path.name + ".json"),
                {"classes": info["classes"], "input": "normalised RGB batch (N, 3, H, W)",
                 "preprocessing": info["data_config"], "max_abs_diff_vs_pytorch": diff})

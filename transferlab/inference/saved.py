@@ -6,16 +6,29 @@ preprocessing, head, classes), enough to rebuild the model without a network.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..core.errors import TransferlabError
+from ..core.errors import DamagedFileError, TransferlabError
+from ..core.io import read_json
 from ..experiments.results import model_folder, results_root
 from ..models.catalog import create_backbone
 from ..models.heads import HeadSpec, TransferModel
+
+
+def _redo(folder: Path) -> str:
+    """What to do when a file of a results folder is damaged: have --resume write it again."""
+    root = results_root(folder)
+    if root is None:
+        return "rerun the compare or train command that made this folder"
+    if root == folder:
+        return (f"rerun the same command with --out {root} --resume: finished runs are kept and the file is "
+                "written again")
+    return (f"delete {folder} and rerun the same command with --out {root} --resume: only that run is "
+            "trained again")
 
 
 def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
@@ -27,7 +40,7 @@ def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
     if not metrics_path.is_file():
         raise TransferlabError(f"{run_dir} is not a transferlab results directory (no metrics.json or "
                                "model.json); pass the --out folder of a compare or train run")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path, _redo(run_dir))
     name = strategy or metrics["winner"]
     runs = [r for r in metrics["runs"] if r["strategy"] == name]
     if not runs:
@@ -40,12 +53,18 @@ def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
 def load_model(run_dir: str | Path, strategy: str | None = None) -> tuple[TransferModel, dict[str, Any]]:
     """The trained model of a run (eval mode, CPU) and its ``model.json`` information."""
     folder = find_model_dir(run_dir, strategy)
-    info = json.loads((folder / "model.json").read_text())
+    info = read_json(folder / "model.json", _redo(folder))
     cfg = info["data_config"]
     bb = create_backbone(info["backbone"], pretrained=False, image_size=cfg["input_size"][-1])
     bb.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     model = TransferModel(bb, info["num_classes"], HeadSpec.from_dict(info["head"]))
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise TransferlabError(f"{weights} is missing; {_redo(folder)}")
+    try:
+        model.load_state_dict(load_file(weights))
+    except (SafetensorError, RuntimeError) as exc:
+        raise DamagedFileError(weights, str(exc).splitlines()[0], _redo(folder)) from None
     info["folder"] = str(folder)
     root = results_root(folder)
     info["run_dir"] = str(root) if root else None

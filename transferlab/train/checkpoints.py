@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..core.errors import DamagedFileError
 from ..core.io import atomic_path
 
 
@@ -70,7 +72,14 @@ def save_checkpoint(state: RunState, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> RunState | None:
-    """The saved state, or None if there is no checkpoint."""
+    """The saved state, or None if there is no checkpoint.
+
+    Raises:
+        DamagedFileError: the file cannot be read back (cut short by a full disk, copied in part).
+    """
     if not path.is_file():
         return None
-    return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

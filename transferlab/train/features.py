@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ..core.io import atomic_path
+from ..core.io import allocate, atomic_path, ensure_free_space, folder_lock
 from ..core.paths import cache_home
 from ..core.progress import progress_bar
 from ..data.datasets import ImageDataset
@@ -82,12 +82,18 @@ class FeatureStore:
                 "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "version": 2}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = cache_home() / "features" / key
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.aug_seed = aug_seed
         shape = (len(ds), MAX_VIEWS, backbone.num_features)
         feats = self.folder / "features.npy"
-        mode = "r+" if feats.is_file() else "w+"
-        self.features = np.lib.format.open_memmap(feats, mode=mode, dtype=np.float32, shape=shape)
+        # Made once, whole, under the folder's lock: two processes never both create (truncate) it.
+        with folder_lock(self.folder, wait=True):
+            if not feats.is_file():
+                ensure_free_space(self.folder, int(np.prod(shape)) * 4, "the feature cache",
+                                  "set TRANSFERLAB_HOME to a folder on a disk with room")
+                with atomic_path(feats) as tmp:
+                    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
+                    allocate(tmp)
+        self.features = np.lib.format.open_memmap(feats, mode="r+", dtype=np.float32, shape=shape)
         done = self.folder / "done.npy"
         self.done = np.load(done) if done.is_file() else np.zeros(shape[:2], dtype=bool)
 
@@ -98,6 +104,16 @@ class FeatureStore:
     def get(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> torch.Tensor:
         """Features (views, len(indices), F); computes (with the pristine pretrained ``model``) what is missing."""
         views = min(views, MAX_VIEWS)
+        todo = [(v, indices[~self.done[indices, v]]) for v in range(views)]
+        if sum(len(t) for _, t in todo):
+            with folder_lock(self.folder, wait=True):  # another process may be filling it too
+                self._fill(model, images, indices, views)
+        return torch.from_numpy(np.stack([self.features[indices, v] for v in range(views)]))
+
+    def _fill(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> None:
+        done = self.folder / "done.npy"
+        if done.is_file():
+            self.done |= np.load(done)
         todo = [(v, indices[~self.done[indices, v]]) for v in range(views)]
         n_todo = sum(len(t) for _, t in todo)
         if n_todo:
@@ -114,7 +130,6 @@ class FeatureStore:
                     self.features.flush()
                     self.done[missing, v] = True
                     self._save_done()
-        return torch.from_numpy(np.stack([self.features[indices, v] for v in range(views)]))
 
 
 def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, labels: np.ndarray, level: int,

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..core.errors import DamagedFileError
 from ..core.io import atomic_path, read_json, write_json
+from ..core.progress import warn
 from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..data.imagestore import ImageStore
@@ -194,14 +196,22 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "result.json"
     if resume and done.is_file():
-        return RunResult(**read_json(done))
+        try:
+            return RunResult(**read_json(done))
+        except (DamagedFileError, TypeError) as exc:
+            warn(f"{exc}; training this run again")
 
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     strategy = build_strategy(strategy_name, spec.groups, config.strategy_options())
     classes = prep.dataset.classes
     model, backbone, head = _build_model(config, strategy, seed, len(classes))
     prep.precision.to_model(model)
-    state = load_checkpoint(run_dir / "checkpoint.pt") if resume else None
+    state = None
+    if resume:
+        try:
+            state = load_checkpoint(run_dir / "checkpoint.pt")
+        except DamagedFileError as exc:
+            warn(f"{exc}; starting this run from its beginning")
     if state is not None:
         model.load_state_dict(state.model)
     ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}))
