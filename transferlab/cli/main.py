@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if error is None or os.environ.get("TRANSFERLAB_DEBUG"):
             raise
         # The message may hold file or class names with brackets: printed as text, not as markup.
-        console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -54,4 +54,4 @@ def progress_bar(description: str, total: int | None, quiet: bool = False,
 def warn(message: str) -> None:
     """A warning on stderr, shown even when quiet; ``message`` is plain text (file and class names with
     brackets are printed as they are, not read as markup)."""
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
