@@ -280,3 +280,20 @@ def test_top_k_is_checked_at_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "--top-k" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_is_skipped_like_a_corrupt_one(tmp_path, monkeypatch):
+    data = make_class_folders(tmp_path / "data", n_per_class=4, n_classes=2)
+    locked = data / "class_1" / "img_002.png"
+    read = Path.read_bytes
+
+    def read_bytes(self):
+        if self == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return read(self)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.warns(UserWarning, match="img_002.png: cannot read"):
+        ds = load_folder(data)
+    assert len(ds) == 7
+    with pytest.raises(DataError, match="img_002.png: cannot read"):
+        load_folder(data, strict=True)

@@ -113,7 +113,12 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
     content = hashlib.sha256()
     bad: dict[str, str] = {}
     for f in files:
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except OSError as exc:  # unreadable (permissions, I/O error): skipped like a corrupt image
+            bad[str(f)] = f"cannot read: {exc.strerror or exc}"
+            content.update(f"unreadable {f}".encode())
+            continue
         content.update(hashlib.sha256(data).digest())
         reason = check_image(data)
         if reason:

@@ -23,6 +23,7 @@ from ..reporting.render import Section, render
 from ..runtime.device import Precision
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
+from .results import results_folder
 from .study_files import write_rows
 
 BENCHMARK_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -114,7 +115,12 @@ def benchmark_backbones(data: DataConfig | None, config: TrainConfig, out: str |
     """Latency (batch 1) and throughput (batch ``config.schedule.batch_size``) of each backbone on this
     machine, joined with ImageNet top-1 / params / GMACs; with ``data``, the probe's test accuracy for
     every backbone whose weights are available offline."""
-    out = Path(out)
+    with results_folder(Path(out), data.source if data is not None else None, "a backbone benchmark") as folder:
+        return _benchmark(data, config, folder, study, quiet)
+
+
+def _benchmark(data: DataConfig | None, config: TrainConfig, out: Path, study: BenchmarkConfig,
+               quiet: bool) -> dict[str, Any]:
     precision = Precision.choose(config.runtime.device)
     ds = load_dataset(data.source, strict=data.strict) if data is not None and data.source else None
     rows = []

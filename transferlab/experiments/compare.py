@@ -24,7 +24,7 @@ import yaml
 
 from ..core.config import from_dict, option, to_dict
 from ..core.errors import DamagedFileError, TransferlabError
-from ..core.io import atomic_path, ensure_free_space, folder_lock, read_json, remove_stale_temporaries, write_text
+from ..core.io import atomic_path, ensure_free_space, read_json, write_text
 from ..core.progress import console
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
@@ -34,7 +34,7 @@ from ..reporting.compare_report import build_report
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import RunResult, prepare, train_one
 from ..train.strategies import list_strategies
-from .results import model_folder, write_results
+from .results import check_out_folder, model_folder, results_folder, write_results
 
 DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
 
@@ -87,12 +87,7 @@ def _has_results(out: Path) -> bool:
 def _check_out(out: Path, exp: Experiment, resume: bool) -> None:
     """Refuse an --out that is a file or lies inside the data, results that would be overwritten, or
     resuming a folder made with other settings."""
-    if out.exists() and not out.is_dir():
-        raise TransferlabError(f"--out {out} is a file, not a folder; choose another --out")
-    source = Path(exp.data.source).expanduser()
-    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
-        raise TransferlabError(f"--out {out} lies inside the data folder {source}: results would be read as "
-                               "images next time; choose an --out outside it")
+    check_out_folder(out, exp.data.source)
     if not out.is_dir() or not (out / "config.yaml").is_file():
         return
     if not resume and _has_results(out):
@@ -153,8 +148,7 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
     splits = make_splits(ds, seed=data.split_seed)
-    with folder_lock(out, what="a comparison"):
-        remove_stale_temporaries(out)
+    with results_folder(out, data.source, "a comparison"):
         if resume:
             _check_same_data(out, ds, splits)
         ensure_free_space(out, _results_bytes(plan, spec.meta.get("params_m")), "the results", "choose another --out")

@@ -9,18 +9,41 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.io import atomic_path, write_json
+from ..core.errors import TransferlabError
+from ..core.io import atomic_path, folder_lock, remove_stale_temporaries, write_json
 from ..train.run import Prepared, RunResult
 
 if TYPE_CHECKING:
     from .compare import Experiment
 
 HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds"]
+
+
+def check_out_folder(out: Path, source: str | None = None) -> None:
+    """``--out`` must be a folder (or not exist yet), outside the data folder ``source``."""
+    if out.exists() and not out.is_dir():
+        raise TransferlabError(f"--out {out} is a file, not a folder; choose another --out")
+    data = Path(source).expanduser() if source else None
+    if data is not None and data.is_dir() and out.resolve().is_relative_to(data.resolve()):
+        raise TransferlabError(f"--out {out} lies inside the data folder {data}: results would be read as "
+                               "images next time; choose an --out outside it")
+
+
+@contextmanager
+def results_folder(out: Path, source: str | None, what: str) -> Iterator[Path]:
+    """Hold the results folder ``out`` for one process (a second one stops with a message), after
+    checking it (``check_out_folder``) and removing temporaries that killed processes left in it."""
+    check_out_folder(out, source)
+    with folder_lock(out, what=what):
+        remove_stale_temporaries(out)
+        yield out
 
 
 def model_folder(out: Path, strategy: str, seed: int) -> Path:

@@ -18,6 +18,7 @@ from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
+from .results import results_folder
 from .study_files import write_rows
 
 
@@ -71,7 +72,11 @@ def sweep(data: DataConfig, config: TrainConfig, out: str | Path, study: SweepCo
           quiet: bool = False) -> dict[str, Any]:
     """Test accuracy against examples per class: nested random subsets of the training split (the
     same ``subsets`` seeds for every size), a fixed validation and test split."""
-    out = Path(out)
+    with results_folder(Path(out), data.source, "a sweep") as folder:
+        return _sweep(data, config, folder, study, quiet)
+
+
+def _sweep(data: DataConfig, config: TrainConfig, out: Path, study: SweepConfig, quiet: bool) -> dict[str, Any]:
     ds = load_dataset(data.source, strict=data.strict)
     base = make_splits(ds, seed=data.split_seed)
     prep = prepare(ds, base, config, quiet=quiet)

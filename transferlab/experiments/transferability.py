@@ -27,6 +27,7 @@ from ..train.config import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
 from ..train.engine import PhaseContext, evaluate, fit_phase
 from ..train.run import Prepared, prepare
 from ..train.strategies import Gradient, Phase
+from .results import results_folder
 from .study_files import write_rows
 
 # What the study runs on unless told otherwise: many small networks trained from scratch.
@@ -140,7 +141,13 @@ def transferability(data: DataConfig, config: TrainConfig = DEFAULT_CONFIG, out:
     """Yosinski et al.'s experiment: base nets on class halves A and B, then BnB, BnB+, AnB, AnB+ for
     each cut ``n`` (first ``n`` groups copied from a base net, frozen or fine-tuned), accuracy on B.
     ``data.split_seed`` seeds the halves, the splits and the networks."""
-    t_start, out, seed = time.perf_counter(), Path(out), data.split_seed
+    with results_folder(Path(out), data.source, "a transferability study") as folder:
+        return _transferability(data, config, folder, study, quiet)
+
+
+def _transferability(data: DataConfig, config: TrainConfig, out: Path, study: TransferabilityConfig,
+                     quiet: bool) -> dict[str, Any]:
+    t_start, seed = time.perf_counter(), data.split_seed
     ds = load_dataset(data.source, strict=data.strict)
     a_classes, b_classes = halves(ds, study.split, seed)
     prep = prepare(ds, make_splits(ds, seed=seed), config, quiet=quiet)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..core.io import atomic_path
 from .curves import SCRATCH, curve
 
 
@@ -15,7 +16,8 @@ def save_figure(fig: Figure, path: Path) -> Path:
     """Lay out and write ``fig`` as a PNG (folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 
