@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ..core.io import allocate, atomic_path, ensure_free_space, folder_lock
+from ..core.io import allocate, atomic_path, ensure_free_space, folder_lock, remove_stale_temporaries
 from ..core.paths import cache_home
 from ..core.progress import progress_bar
 from ..data.datasets import ImageDataset
@@ -87,6 +87,7 @@ class FeatureStore:
         feats = self.folder / "features.npy"
         # Made once, whole, under the folder's lock: two processes never both create (truncate) it.
         with folder_lock(self.folder, wait=True):
+            remove_stale_temporaries(self.folder)
             if not feats.is_file():
                 ensure_free_space(self.folder, int(np.prod(shape)) * 4, "the feature cache",
                                   "set TRANSFERLAB_HOME to a folder on a disk with room")
