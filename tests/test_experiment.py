@@ -110,3 +110,32 @@ def test_compare_resume_skips_finished_runs(compared, tmp_path):
     assert main(args) == 2  # refuses to overwrite without --resume
     assert main([*args, "--resume"]) == 0
     assert (out / "features" / "seed0" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_scratch_gets_the_time_of_the_slowest_pretrained_strategy(class_folders, tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(class_folders), "--backbone", "test_tiny", "--strategies",
+                 "scratch,features", "--max-epochs", "8", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    runs = {r["strategy"]: r for r in m["runs"]}
+    assert [r["strategy"] for r in m["runs"]] == ["scratch", "features"]  # shown in the order asked for
+    assert runs["scratch"]["details"]["budget_s"] == pytest.approx(runs["features"]["seconds"], abs=0.1)
+    assert "budget_s" not in runs["features"]["details"]
+
+
+def test_a_time_budget_stops_training_between_epochs(class_folders, tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(class_folders), "--backbone", "test_tiny", "--strategies", "scratch",
+                 "--max-epochs", "100000", "--patience", "100000", "--time-budget", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    run = json.loads((out / "metrics.json").read_text())["runs"][0]
+    assert run["details"]["budget_cut"] == "all" and 1 <= run["epochs"] < 100000
+    assert "time budget" in (out / "report.md").read_text()
+
+
+def test_the_winner_is_chosen_on_validation_not_on_test():
+    from transferlab.experiments.results import winner
+
+    summary = {"a": {"test_acc": 0.90, "val_acc": 0.70, "seconds": 1.0},
+               "b": {"test_acc": 0.80, "val_acc": 0.75, "seconds": 9.0}}
+    assert winner(summary) == "b"

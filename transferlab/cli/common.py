@@ -34,8 +34,8 @@ def print_summary(metrics: dict, out_dir: str | Path) -> None:
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, s in metrics["summary"].items():
         ci = f" ± {s['test_acc_ci95']:.1%}" if s["seeds"] > 1 else ""
-        mark = " *" if name == metrics["winner"] else ""
+        mark = (" *" if name == metrics["winner"] else "") + (" (time budget)" if s.get("budget_cut") else "")
         table.add_row(name + mark, f"{s['test_acc']:.1%}{ci}", f"{s['val_acc']:.1%}", f"{s['epochs']:.0f}",
                       f"{s['seconds']:.1f}")
     out.print(table)
-    out.print(f"winner: [bold]{metrics['winner']}[/bold]")
+    out.print(f"winner: [bold]{metrics['winner']}[/bold] (chosen on validation accuracy)")

@@ -33,7 +33,7 @@ from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import RunResult, prepare, train_one
-from ..train.strategies import list_strategies
+from ..train.strategies import build_strategy, list_strategies
 from .results import check_out_folder, model_folder, results_folder, write_results
 
 DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
@@ -164,12 +164,36 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
     with atomic_path(out / "splits.npz") as tmp:
         np.savez(tmp, labels=ds.labels, **splits)
     results: list[RunResult] = []
-    for strategy in plan.strategies:
+    for strategy in _run_order(plan.strategies, config):
         for seed in range(plan.seeds):
             if not quiet:
                 console.print(f"[bold]{strategy}[/bold] seed {seed}")
+            budget = _equal_compute_budget(strategy, seed, results, config)
             results.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
-                                     resume=resume, quiet=quiet))
+                                     resume=resume, quiet=quiet, budget=budget))
+            results.sort(key=lambda r: (plan.strategies.index(r.strategy), r.seed))
             metrics = write_results(out, exp, prep, results, started, command)
     build_report(out, prep.cache)
     return metrics
+
+
+def _pretrained(strategy: str, config: TrainConfig) -> bool:
+    spec = backbone_spec(config.model.backbone, config.model.image_size)
+    return build_strategy(strategy, spec.groups, config.strategy_options()).pretrained
+
+
+def _run_order(strategies: tuple[str, ...], config: TrainConfig) -> list[str]:
+    """Pretrained strategies first when scratch's budget is the time they took (equal compute)."""
+    if not config.schedule.equal_compute or config.schedule.time_budget is not None:
+        return list(strategies)
+    return sorted(strategies, key=lambda s: not _pretrained(s, config))
+
+
+def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:
+    """Scratch's time budget: the run time of the slowest pretrained strategy with the same seed (an
+    equal-compute comparison; on a CPU scratch would otherwise take longer than all the others
+    together); None (no limit) when no pretrained run was trained, or when a budget is given."""
+    if not config.schedule.equal_compute or config.schedule.time_budget is not None or _pretrained(strategy, config):
+        return None
+    times = [r.seconds for r in done if r.seed == seed and _pretrained(r.strategy, config)]
+    return max(times) if times else None

@@ -46,7 +46,7 @@ def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
     if not runs:
         raise TransferlabError(f"{run_dir} has no finished run of strategy {name!r}; it has "
                                f"{', '.join(sorted({r['strategy'] for r in metrics['runs']}))}")
-    best = max(runs, key=lambda r: r["test_acc"])
+    best = max(runs, key=lambda r: r["val_acc"])  # chosen on validation, like the winner
     return model_folder(run_dir, name, best["seed"])
 
 

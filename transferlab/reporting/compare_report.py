@@ -24,20 +24,28 @@ def _pct(x: float) -> str:
 
 def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
     rows = [["strategy", "test accuracy", "val accuracy", "epochs", "seconds", "seeds"]]
+    cut = [n for n, s in summary.items() if s.get("budget_cut")]
     for name, s in summary.items():
         ci = f" ± {s['test_acc_ci95'] * 100:.1f}" if s["seeds"] > 1 else ""
-        rows.append([name + (" (winner)" if name == best else ""), _pct(s["test_acc"]) + ci, _pct(s["val_acc"]),
+        mark = (" (winner)" if name == best else "") + (" (cut by its time budget)" if name in cut else "")
+        rows.append([name + mark, _pct(s["test_acc"]) + ci, _pct(s["val_acc"]),
                      f"{s['epochs']:.0f}", f"{s['seconds']:.1f}", str(s["seeds"])])
-    return Section("Results", f"Winner: {best}, with {_pct(summary[best]['test_acc'])} test accuracy "
-                   f"on {manifest['data']['splits'].get('test', '?')} test images.", rows,
-                   plot_accuracy(summary, plots / "accuracy.png"))
+    text = (f"Winner: {best}, chosen on validation accuracy; its test accuracy is "
+            f"{_pct(summary[best]['test_acc'])} on {manifest['data']['splits'].get('test', '?')} test images. "
+            "Every choice (the winner, early stopping, the probe's C) is made on the validation split; "
+            "the test split is scored once per run, at its end.")
+    if cut:
+        text += (f" {', '.join(cut)} stopped at a time budget (by default scratch gets the time of the "
+                 "slowest pretrained strategy: an equal-compute comparison); its curve against seconds "
+                 "shows what more time would have bought.")
+    return Section("Results", text, rows, plot_accuracy(summary, plots / "accuracy.png"))
 
 
 def _benefits(summary: dict, history: list[dict[str, Any]]) -> Section | None:
     curved = [n for n in summary if n != SCRATCH and len(curve(history, n)["epoch"]) >= 2]
     if SCRATCH not in summary or not curved:
         return None
-    pretrained = max(curved, key=lambda n: summary[n]["test_acc"])
+    pretrained = max(curved, key=lambda n: summary[n]["val_acc"])
     b = transfer_benefits(history, pretrained)
     rows = [["benefit (Torrey & Shavlik)", pretrained, SCRATCH, "difference"]]
     for key, label in (("start", "higher start: val. accuracy after epoch 1"),

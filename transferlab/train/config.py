@@ -50,6 +50,10 @@ class ScheduleConfig:
     body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
     body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
                                              "(default 3)", minimum=1)
+    time_budget: float | None = option(None, "seconds of training per run after which no new epoch starts "
+                                             "(default: none)", minimum=1)
+    equal_compute: bool = option(True, "in a compare, scratch trains for at most the time of the slowest "
+                                       "pretrained strategy of the same seed")
     body_bn: str = option("frozen", "BatchNorm of a thawed pretrained body: frozen statistics, or train "
                                     "(batch statistics, updated)", choices=("frozen", "train"))
 

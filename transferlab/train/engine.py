@@ -151,6 +151,8 @@ class PhaseContext:
             checkpoint of a whole model with its optimizer is tens of MB; on a GPU an epoch of a small
             data set takes less time than writing it.
         quiet: no progress bar.
+        deadline: a ``time.perf_counter()`` time after which no new epoch starts (the run's time
+            budget); None for no limit.
     """
 
     precision: Precision
@@ -160,6 +162,7 @@ class PhaseContext:
     checkpoint: Callable[[PhaseState], None] | None = None
     checkpoint_seconds: float = 0.0
     quiet: bool = False
+    deadline: float | None = None
 
 
 @dataclass
@@ -171,6 +174,7 @@ class PhaseResult:
     best_val_acc: float = 0.0
     best_epoch: int = -1  # 0: the starting weights were best
     stopped_early: bool = False
+    budget_cut: bool = False  # stopped by the run's time budget, not by early stopping or the epoch cap
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -229,8 +233,12 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     with folded(model, val, ctx.precision), \
             progress_bar(f"{phase.name:>14s}", method.max_epochs, ctx.quiet, status=True) as bar:
         bar.advance(state.epoch + 1)
+        budget_cut = False
         for epoch in range(state.epoch + 1, method.max_epochs):
             if state.bad_epochs >= method.patience:
+                break
+            if ctx.deadline is not None and time.perf_counter() >= ctx.deadline:
+                budget_cut = True
                 break
             t0 = time.perf_counter()
             seed_e = epoch_seed(ctx.seed, ctx.phase_index, epoch)
@@ -248,4 +256,4 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
                 saved = time.perf_counter()
     model.load_state_dict(state.best_state, strict=False)
     return PhaseResult(state.history, state.best_val_loss, state.best_val_acc, state.best_epoch,
-                       stopped_early=state.bad_epochs >= method.patience)
+                       stopped_early=state.bad_epochs >= method.patience, budget_cut=budget_cut)

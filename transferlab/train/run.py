@@ -191,8 +191,11 @@ def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, c
 
 
 def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
-              resume: bool = False, quiet: bool = False) -> RunResult:
-    """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics."""
+              resume: bool = False, quiet: bool = False, budget: float | None = None) -> RunResult:
+    """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics.
+
+    ``budget``: seconds of training after which no new epoch starts (default: the schedule's
+    ``time_budget``); counted from the run's start, across a resume."""
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "result.json"
     if resume and done.is_file():
@@ -217,7 +220,11 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}))
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     inputs = PhaseInputs(model, prep, config, store, quiet)
-    ctx = PhaseContext(prep.precision, seed=seed, checkpoint_seconds=config.runtime.checkpoint_seconds, quiet=quiet)
+    budget = budget if budget is not None else config.schedule.time_budget
+    if budget is not None:
+        ckpt.state.details["budget_s"] = round(budget, 1)
+    ctx = PhaseContext(prep.precision, seed=seed, checkpoint_seconds=config.runtime.checkpoint_seconds, quiet=quiet,
+                       deadline=None if budget is None else ckpt.t_start + budget)
     _run_phases(model, strategy, inputs, ckpt, ctx)
 
     # Final metrics at the cheapest exact level.

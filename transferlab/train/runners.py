@@ -66,7 +66,10 @@ def runner_for(phase: Phase) -> Runner:
 @register_runner(Gradient, augmented=True)
 def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
     """The engine's loop with early stopping and checkpoints."""
-    return fit_phase(r.model, r.phase, r.train, r.val, r.ctx).history
+    result = fit_phase(r.model, r.phase, r.train, r.val, r.ctx)
+    if result.budget_cut:
+        r.details["budget_cut"] = r.phase.name
+    return result.history
 
 
 @register_runner(Probe, augmented=False)
