@@ -139,3 +139,32 @@ def test_the_winner_is_chosen_on_validation_not_on_test():
     summary = {"a": {"test_acc": 0.90, "val_acc": 0.70, "seconds": 1.0},
                "b": {"test_acc": 0.80, "val_acc": 0.75, "seconds": 9.0}}
     assert winner(summary) == "b"
+
+
+def test_ensemble_is_chosen_on_validation_and_predicts(class_folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(class_folders), "--backbone", "test_tiny", "--strategies",
+                 "features,probe,ensemble", "--max-epochs", "5", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    ens = next(r for r in m["runs"] if r["strategy"] == "ensemble")
+    weights = ens["details"]["weights"]
+    assert set(weights) <= {"features", "probe"} and abs(sum(weights.values()) - 1) < 0.01
+    assert ens["test_acc"] > 0.5  # three easy colour classes
+    capsys.readouterr()
+    img = next((class_folders / "class_2").iterdir())
+    assert main(["predict", str(out), str(img), "--strategy", "ensemble", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in {"class_0", "class_1", "class_2"}
+    assert main(["export", str(out), "--strategy", "ensemble"]) == 2  # no single model to export
+
+
+def test_ensemble_selection_prefers_the_better_member():
+    from transferlab.experiments.ensemble import cross_fitted_accuracy, select_weights
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    good = np.full((200, 3), 0.1)
+    good[np.arange(200), y] = 0.8
+    noise = rng.dirichlet(np.ones(3), 200)
+    weights = select_weights({"good": good, "noise": noise}, y)
+    assert weights.get("good", 0) > 0.5
+    assert cross_fitted_accuracy({"good": good, "noise": noise}, y) > 0.9

@@ -100,6 +100,8 @@ def run_strategies(args: argparse.Namespace) -> None:
     for r in rows:
         table.add_row(r["name"], r["description"])
     out.print(table)
+    out.print("and, in a compare only: ensemble (a weighted average of the other strategies' probabilities, "
+              "members and weights chosen on validation)", highlight=False)
 
 
 def run_classify(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ and skips them; a run cut short mid-way continues from its last epoch checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -24,16 +25,17 @@ import yaml
 
 from ..core.config import from_dict, option, to_dict
 from ..core.errors import DamagedFileError, TransferlabError
-from ..core.io import atomic_path, ensure_free_space, read_json, write_text
-from ..core.progress import console
+from ..core.io import atomic_path, ensure_free_space, read_json, write_json, write_text
+from ..core.progress import console, warn
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
 from ..train.config import DataConfig, TrainConfig
-from ..train.run import RunResult, prepare, train_one
+from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
 from ..train.strategies import build_strategy, list_strategies
+from .ensemble import ENSEMBLE, fit_ensemble
 from .results import check_out_folder, model_folder, results_folder, write_results
 
 DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
@@ -44,7 +46,7 @@ class CompareConfig:
     """Which strategies, with how many seeds each."""
 
     strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "comma-separated strategies (see transferlab "
-                                                             "strategies)")
+                                                             "strategies); 'ensemble' averages the others")
     seeds: int = option(1, "seeds per strategy (0..N-1)", minimum=1)
 
 
@@ -139,9 +141,12 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     Returns:
         The content of metrics.json.
     """
-    unknown = [s for s in plan.strategies if s not in list_strategies()]
+    unknown = [s for s in plan.strategies if s not in (*list_strategies(), ENSEMBLE)]
     if unknown:
-        raise TransferlabError(f"unknown strategy {', '.join(unknown)}; known: {', '.join(list_strategies())}")
+        raise TransferlabError(f"unknown strategy {', '.join(unknown)}; known: {', '.join(list_strategies())}, "
+                               f"and {ENSEMBLE} (of the others)")
+    if ENSEMBLE in plan.strategies and len(set(plan.strategies) - {ENSEMBLE}) < 2:
+        raise TransferlabError(f"{ENSEMBLE} averages the other strategies of a compare: name at least two more")
     exp, out = Experiment(data, config, plan), Path(out)
     _check_out(out, exp, resume)
     # Everything that can fail on the user's input fails before the folder is touched.
@@ -168,13 +173,37 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         for seed in range(plan.seeds):
             if not quiet:
                 console.print(f"[bold]{strategy}[/bold] seed {seed}")
-            budget = _equal_compute_budget(strategy, seed, results, config)
-            results.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
-                                     resume=resume, quiet=quiet, budget=budget))
+            if strategy == ENSEMBLE:
+                results += _ensemble_run(out, prep, seed, results)
+            else:
+                budget = _equal_compute_budget(strategy, seed, results, config)
+                results.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
+                                         resume=resume, quiet=quiet, budget=budget))
             results.sort(key=lambda r: (plan.strategies.index(r.strategy), r.seed))
             metrics = write_results(out, exp, prep, results, started, command)
     build_report(out, prep.cache)
     return metrics
+
+
+def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult]) -> list[RunResult]:
+    """The ensemble of this seed's runs (experiments.ensemble), written like a run's folder."""
+    members = {r.strategy: model_folder(out, r.strategy, seed) for r in done if r.seed == seed}
+    labels = prep.dataset.labels
+    fit = fit_ensemble(members, labels[prep.splits["val"]], labels[prep.splits["test"]], seed)
+    if fit is None:
+        warn(f"{ENSEMBLE} seed {seed}: fewer than two runs saved their probabilities (made by an older version?); "
+             "left out")
+        return []
+    folder = model_folder(out, ENSEMBLE, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "ensemble.json", {"members": {n: {"folder": f"../../{n}/seed{seed}", "weight": w}
+                                                      for n, w in fit.weights.items()}})
+    save_predictions(folder, fit.test_probs, fit.val_probs)
+    seconds = sum(r.seconds for r in done if r.seed == seed and r.strategy in fit.weights)
+    result = RunResult(ENSEMBLE, seed, fit.test_acc, fit.val_acc, fit.test_loss, 0, seconds,
+                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}})
+    write_json(folder / "result.json", dataclasses.asdict(result))
+    return [result]
 
 
 def _pretrained(strategy: str, config: TrainConfig) -> bool:
@@ -183,10 +212,12 @@ def _pretrained(strategy: str, config: TrainConfig) -> bool:
 
 
 def _run_order(strategies: tuple[str, ...], config: TrainConfig) -> list[str]:
-    """Pretrained strategies first when scratch's budget is the time they took (equal compute)."""
-    if not config.schedule.equal_compute or config.schedule.time_budget is not None:
-        return list(strategies)
-    return sorted(strategies, key=lambda s: not _pretrained(s, config))
+    """Pretrained strategies first when scratch's budget is the time they took (equal compute); the
+    ensemble of the others last."""
+    trained = [s for s in strategies if s != ENSEMBLE]
+    if config.schedule.equal_compute and config.schedule.time_budget is None:
+        trained.sort(key=lambda s: not _pretrained(s, config))
+    return trained + [ENSEMBLE] * (ENSEMBLE in strategies)
 
 
 def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:
@@ -195,5 +226,5 @@ def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], confi
     together); None (no limit) when no pretrained run was trained, or when a budget is given."""
     if not config.schedule.equal_compute or config.schedule.time_budget is not None or _pretrained(strategy, config):
         return None
-    times = [r.seconds for r in done if r.seed == seed and _pretrained(r.strategy, config)]
+    times = [r.seconds for r in done if r.seed == seed and r.strategy != ENSEMBLE and _pretrained(r.strategy, config)]
     return max(times) if times else None

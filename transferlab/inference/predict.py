@@ -10,7 +10,7 @@ import torch
 from ..core.errors import DataError
 from ..data.images import IMAGE_EXTENSIONS
 from .classify import preprocess
-from .saved import load_model
+from .saved import ensemble_members, find_model_dir, load_model
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -33,13 +33,16 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strategy: str | None = None,
             batch_size: int = 32) -> list[dict[str, Any]]:
     """For each image: ``{"file", "label", "prob", "top": [(label, prob), ...]}``."""
-    model, info = load_model(run_dir, strategy)
-    classes = info["classes"]
+    folder = find_model_dir(run_dir, strategy)
+    members = ensemble_members(folder) if (folder / "ensemble.json").is_file() else {folder: 1.0}
+    models = [(load_model(f), w) for f, w in members.items()]
+    classes = models[0][0][1]["classes"]
     files = expand_inputs(inputs)
     results = []
     for s in range(0, len(files), batch_size):
         chunk = files[s:s + batch_size]
-        probs = model(preprocess(chunk, info["data_config"])).softmax(-1)
+        # An ensemble averages its members' probabilities, each model with its own preprocessing.
+        probs = sum(w * model(preprocess(chunk, info["data_config"])).softmax(-1) for (model, info), w in models)
         values, indices = probs.topk(min(top_k, len(classes)), dim=-1)
         for f, vs, ix in zip(chunk, values.tolist(), indices.tolist()):
             top = [(classes[i], float(v)) for v, i in zip(vs, ix)]

@@ -31,6 +31,12 @@ def _redo(folder: Path) -> str:
             "trained again")
 
 
+def ensemble_members(folder: Path) -> dict[Path, float]:
+    """The model folders of an ensemble's members and their weights (from its ensemble.json)."""
+    members = read_json(folder / "ensemble.json", _redo(folder))["members"]
+    return {(folder / m["folder"]).resolve(): float(m["weight"]) for m in members.values()}
+
+
 def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
     """The model folder of a results directory: the named strategy's best seed, or the winner's."""
     run_dir = Path(run_dir)
@@ -53,6 +59,9 @@ def find_model_dir(run_dir: str | Path, strategy: str | None = None) -> Path:
 def load_model(run_dir: str | Path, strategy: str | None = None) -> tuple[TransferModel, dict[str, Any]]:
     """The trained model of a run (eval mode, CPU) and its ``model.json`` information."""
     folder = find_model_dir(run_dir, strategy)
+    if (folder / "ensemble.json").is_file():
+        raise TransferlabError(f"{folder} is an ensemble of several models, not one model; pick a member with "
+                               f"--strategy ({', '.join(p.parent.name for p in ensemble_members(folder))})")
     info = read_json(folder / "model.json", _redo(folder))
     cfg = info["data_config"]
     bb = create_backbone(info["backbone"], pretrained=False, image_size=cfg["input_size"][-1])

@@ -34,7 +34,7 @@ from ..runtime.device import Precision, configure_torch
 from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .engine import PhaseContext, evaluate, predict_logits
+from .engine import PhaseContext, predict_logits
 from .features import FeatureStore, ImageSource, advance, encode
 from .runners import PhaseRun, runner_for
 from .strategies import Phase, Strategy, build_strategy
@@ -155,6 +155,16 @@ def _save_model(run_dir: Path, model: TransferModel, info: dict[str, Any]) -> No
     write_json(run_dir / "model.json", info)
 
 
+def save_predictions(run_dir: Path, test_probs: np.ndarray, val_probs: np.ndarray) -> None:
+    """What later steps read without the model: the test labels predicted (the report), and the
+    class probabilities on test and validation (ensembles are chosen on validation)."""
+    with atomic_path(run_dir / "test_predictions.npy") as tmp:
+        np.save(tmp, test_probs.argmax(1))
+    for name, probs in (("test_probs", test_probs), ("val_probs", val_probs)):
+        with atomic_path(run_dir / f"{name}.npy") as tmp:
+            np.save(tmp, probs.astype(np.float32))
+
+
 class _Checkpointer:
     """Writes the run's state after every epoch and after every phase."""
 
@@ -233,13 +243,13 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     test = inputs.batches(prep.splits["test"], level, 1, pristine)
     val = inputs.batches(prep.splits["val"], level, 1, pristine)
     logits, y = predict_logits(model, test, prep.precision)
-    _, val_acc = evaluate(model, val, prep.precision)
+    val_logits, val_y = predict_logits(model, val, prep.precision)
+    val_acc = float((val_logits.argmax(1) == val_y).float().mean())
     seconds = time.perf_counter() - ckpt.t_start
 
     _save_model(run_dir, model, {**model_config(backbone, len(classes), head, classes),
                                  "strategy": strategy_name, "seed": seed})
-    with atomic_path(run_dir / "test_predictions.npy") as tmp:
-        np.save(tmp, logits.argmax(1).numpy())
+    save_predictions(run_dir, logits.softmax(1).numpy(), val_logits.softmax(1).numpy())
     history = ckpt.state.history
     result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
                        float(F.cross_entropy(logits, y)), len(history), seconds,
