@@ -14,6 +14,7 @@ from ..core.errors import TransferlabError, explain_os_error
 from ..core.paths import cache_home
 from ..core.progress import console
 from ..data.images import allow_large_images
+from ..runtime import distributed
 from ..runtime.allocator import tune_allocator
 from ..runtime.device import configure_torch
 from . import browse, deploy, runs, studies
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator()
         allow_large_images()
         configure_torch(deterministic=getattr(args, "deterministic", False))
+        _join_torchrun_job(args)
         return args.handler(args) or 0
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -68,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         # The message may hold file or class names with brackets: printed as text, not as markup.
         console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
+    finally:
+        distributed.shutdown()
+
+
+def _join_torchrun_job(args: argparse.Namespace) -> None:
+    """Under torchrun: join the process group, use this process's GPU, and leave the progress output
+    to rank 0 (the others would print the same bars)."""
+    if distributed.world_size() <= 1:
+        return
+    args.device = distributed.init_from_env(getattr(args, "device", "auto"))
+    if not distributed.is_main() and hasattr(args, "quiet"):
+        args.quiet = True
 
 
 if __name__ == "__main__":

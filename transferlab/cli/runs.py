@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.config import flatten
 from ..experiments.compare import CompareConfig, compare, load_experiment
+from ..runtime.distributed import broadcast, is_main
 from ..train.config import DataConfig, TrainConfig
 from ..train.strategies import list_strategies
 from .common import default_out, numbered_out, out, print_summary
@@ -26,10 +27,12 @@ def _add_run_options(p: argparse.ArgumentParser, defaults: dict | None = None, s
 
 
 def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: str = "") -> None:
+    out_dir = broadcast(out_dir)  # a numbered default is picked once, by rank 0 of a torchrun job
     data = config_from_args(DataConfig, args)
     metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
                       command=command)
-    print_summary(metrics, out_dir)
+    if is_main():  # one table per job, not one per torchrun process
+        print_summary(metrics, out_dir)
 
 
 def run_compare(args: argparse.Namespace) -> None:

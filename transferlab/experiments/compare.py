@@ -32,11 +32,12 @@ from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
+from ..runtime.distributed import broadcast, gather_lists, is_main, my_share
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
 from ..train.strategies import build_strategy, list_strategies
 from .ensemble import ENSEMBLE, fit_ensemble
-from .results import check_out_folder, model_folder, results_folder, write_results
+from .results import check_out_folder, main_holds, model_folder, write_results
 
 DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
 
@@ -153,40 +154,75 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
     splits = make_splits(ds, seed=data.split_seed)
-    with results_folder(out, data.source, "a comparison"):
+    def checks() -> None:
         if resume:
             _check_same_data(out, ds, splits)
         ensure_free_space(out, _results_bytes(plan, spec.meta.get("params_m")), "the results", "choose another --out")
+    with main_holds(out, data.source, "a comparison", checks):
         return _run_plan(exp, ds, splits, out, resume, quiet, command or " ".join(["transferlab", *sys.argv[1:]]))
+
+
+def _waves(plan: CompareConfig, config: TrainConfig) -> list[list[str]]:
+    """The trained strategies in the order they can run: those whose time budget is the time of
+    others (scratch under equal compute) wait for the first wave. Within a wave, runs are
+    independent (spread over the processes of a torchrun job)."""
+    trained = [s for s in plan.strategies if s != ENSEMBLE]
+    if not config.schedule.equal_compute or config.schedule.time_budget is not None:
+        return [trained]
+    first = [s for s in trained if _pretrained(s, config)]
+    return [w for w in (first, [s for s in trained if s not in first]) if w]
 
 
 def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, resume: bool,
               quiet: bool, command: str) -> dict[str, Any]:
-    config, plan = exp.train, exp.compare
+    """Every run of the plan; under torchrun each process trains its share of every wave (one run per
+    process at a time), rank 0 gathers the results and alone writes the shared files."""
+    config, plan, main = exp.train, exp.compare, is_main()
     started = time.time()
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
-    prep = prepare(ds, splits, config, quiet=quiet)
-    with atomic_path(out / "splits.npz") as tmp:
-        np.savez(tmp, labels=ds.labels, **splits)
+    prep = _start(exp, ds, splits, out, quiet)
     results: list[RunResult] = []
-    for strategy in _run_order(plan.strategies, config):
-        for seed in range(plan.seeds):
+
+    def ordered(rs: list[RunResult]) -> list[RunResult]:
+        return sorted(rs, key=lambda r: (plan.strategies.index(r.strategy), r.seed))
+
+    metrics: dict[str, Any] = {}
+    for wave in _waves(plan, config):
+        mine: list[RunResult] = []
+        for strategy, seed in my_share([(s, seed) for s in wave for seed in range(plan.seeds)]):
             if not quiet:
                 console.print(f"[bold]{strategy}[/bold] seed {seed}")
-            if strategy == ENSEMBLE:
-                results += _ensemble_run(out, prep, seed, results)
-            else:
-                budget = _equal_compute_budget(strategy, seed, results, config)
-                results.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
-                                         resume=resume, quiet=quiet, budget=budget))
-            results.sort(key=lambda r: (plan.strategies.index(r.strategy), r.seed))
+            budget = _equal_compute_budget(strategy, seed, results, config)
+            mine.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
+                                  resume=resume, quiet=quiet, budget=budget))
+            if main:  # progress on disk as runs end (the other processes' runs arrive after the wave)
+                metrics = write_results(out, exp, prep, ordered(results + mine), started, command)
+        results = ordered(results + gather_lists(mine))
+        if main:
             metrics = write_results(out, exp, prep, results, started, command)
-    build_report(out, prep.cache)
-    return metrics
+    if main and ENSEMBLE in plan.strategies:
+        results += [r for seed in range(plan.seeds) for r in _ensemble_run(out, prep, seed, results, quiet)]
+        metrics = write_results(out, exp, prep, ordered(results), started, command)
+    if main:
+        build_report(out, prep.cache)
+    return broadcast(metrics)
 
 
-def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult]) -> list[RunResult]:
+def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, quiet: bool) -> Prepared:
+    """config.yaml and splits.npz (rank 0), and the prepared data (every process; the image cache is
+    built by the first and waited for by the others)."""
+    if is_main():
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
+    prep = prepare(ds, splits, exp.train, quiet=quiet)
+    if is_main():
+        with atomic_path(out / "splits.npz") as tmp:
+            np.savez(tmp, labels=ds.labels, **splits)
+    return prep
+
+
+def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], quiet: bool) -> list[RunResult]:
     """The ensemble of this seed's runs (experiments.ensemble), written like a run's folder."""
+    if not quiet:
+        console.print(f"[bold]{ENSEMBLE}[/bold] seed {seed}")
     members = {r.strategy: model_folder(out, r.strategy, seed) for r in done if r.seed == seed}
     labels = prep.dataset.labels
     fit = fit_ensemble(members, labels[prep.splits["val"]], labels[prep.splits["test"]], seed)
@@ -209,15 +245,6 @@ def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult]) -
 def _pretrained(strategy: str, config: TrainConfig) -> bool:
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     return build_strategy(strategy, spec.groups, config.strategy_options()).pretrained
-
-
-def _run_order(strategies: tuple[str, ...], config: TrainConfig) -> list[str]:
-    """Pretrained strategies first when scratch's budget is the time they took (equal compute); the
-    ensemble of the others last."""
-    trained = [s for s in strategies if s != ENSEMBLE]
-    if config.schedule.equal_compute and config.schedule.time_budget is None:
-        trained.sort(key=lambda s: not _pretrained(s, config))
-    return trained + [ENSEMBLE] * (ENSEMBLE in strategies)
 
 
 def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:

@@ -9,8 +9,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, folder_lock, remove_stale_temporaries, write_json
+from ..runtime.distributed import broadcast, is_main
 from ..train.run import Prepared, RunResult
 
 if TYPE_CHECKING:
@@ -44,6 +45,25 @@ def results_folder(out: Path, source: str | None, what: str) -> Iterator[Path]:
     with folder_lock(out, what=what):
         remove_stale_temporaries(out)
         yield out
+
+
+@contextmanager
+def main_holds(out: Path, source: str | None, what: str, checks: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """``results_folder`` held by rank 0 alone (the only writer of shared results), with ``checks``
+    run there; a refusal on rank 0 stops every process of a torchrun job with the same message."""
+    held, error = ExitStack(), None
+    if is_main():
+        try:
+            held.enter_context(results_folder(out, source, what))
+            checks()
+        except TransferlabError as exc:
+            held.close()
+            error = str(exc)
+    error = broadcast(error)
+    if error is not None:
+        raise TransferlabError(error)
+    with held:
+        yield
 
 
 def model_folder(out: Path, strategy: str, seed: int) -> Path:

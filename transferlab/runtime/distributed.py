@@ -1,0 +1,87 @@
+"""Several processes under ``torchrun``: the process group from its environment, and the few
+collectives the experiments need. Without torchrun (no ``WORLD_SIZE`` in the environment) every
+function here is the single-process identity, so the rest of the code needs no second path.
+
+Backends: NCCL when the processes use CUDA GPUs, gloo on CPUs. Each process of a node uses the GPU
+of its local rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def world_size() -> int:
+    """Processes in the job (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank within its node."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process writes shared results (rank 0)."""
+    return rank() == 0
+
+
+def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> str:
+    """Join the process group that torchrun describes in the environment (once); return the device
+    this process should use (``cuda:<local rank>`` when the job runs on GPUs, else ``device``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return f"cuda:{local_rank()}" if cuda else device
+
+
+def barrier() -> None:
+    """Wait for every process (no-op alone)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_lists(items: Sequence[T]) -> list[T]:
+    """Every process's ``items``, concatenated in rank order, on every process (picklable objects)."""
+    if not dist.is_initialized():
+        return list(items)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def my_share(jobs: Sequence[T]) -> list[T]:
+    """The jobs this process runs: every ``world_size()``-th, starting at its rank (round robin)."""
+    return list(jobs[rank()::world_size()])
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a command)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
