@@ -18,6 +18,7 @@ from ..runtime import distributed
 from ..runtime.allocator import tune_allocator
 from ..runtime.device import configure_torch
 from . import browse, deploy, runs, studies
+from .common import out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _join_torchrun_job(args: argparse.Namespace) -> None:
-    """Under torchrun: join the process group, use this process's GPU, and leave the progress output
-    to rank 0 (the others would print the same bars)."""
+    """Under torchrun: join the process group, use this process's GPU, and leave the output to rank 0
+    (the others would print the same bars and tables); errors still print on every rank."""
     if distributed.world_size() <= 1:
         return
     args.device = distributed.init_from_env(getattr(args, "device", "auto"))
-    if not distributed.is_main() and hasattr(args, "quiet"):
-        args.quiet = True
+    if not distributed.is_main():
+        out.quiet = True
+        if hasattr(args, "quiet"):
+            args.quiet = True
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.config import flatten
 from ..experiments.compare import CompareConfig, compare, load_experiment
-from ..runtime.distributed import broadcast, is_main
+from ..runtime.distributed import broadcast
 from ..train.config import DataConfig, TrainConfig
 from ..train.strategies import list_strategies
 from .common import default_out, numbered_out, out, print_summary
@@ -31,8 +31,7 @@ def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: s
     data = config_from_args(DataConfig, args)
     metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
                       command=command)
-    if is_main():  # one table per job, not one per torchrun process
-        print_summary(metrics, out_dir)
+    print_summary(metrics, out_dir)
 
 
 def run_compare(args: argparse.Namespace) -> None:

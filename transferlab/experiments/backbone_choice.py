@@ -21,9 +21,10 @@ from ..models.catalog import create_backbone, weights_offline
 from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
 from ..runtime.device import Precision
+from ..runtime.distributed import broadcast, is_main
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
-from .results import results_folder
+from .results import main_holds
 from .study_files import write_rows
 
 BENCHMARK_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -115,8 +116,9 @@ def benchmark_backbones(data: DataConfig | None, config: TrainConfig, out: str |
     """Latency (batch 1) and throughput (batch ``config.schedule.batch_size``) of each backbone on this
     machine, joined with ImageNet top-1 / params / GMACs; with ``data``, the probe's test accuracy for
     every backbone whose weights are available offline."""
-    with results_folder(Path(out), data.source if data is not None else None, "a backbone benchmark") as folder:
-        return _benchmark(data, config, folder, study, quiet)
+    # Under torchrun rank 0 measures alone: latencies measured side by side would disturb each other.
+    with main_holds(Path(out), data.source if data is not None else None, "a backbone benchmark"):
+        return broadcast(_benchmark(data, config, Path(out), study, quiet) if is_main() else None)
 
 
 def _benchmark(data: DataConfig | None, config: TrainConfig, out: Path, study: BenchmarkConfig,

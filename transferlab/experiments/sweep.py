@@ -16,9 +16,10 @@ from ..data.builtin import load_dataset
 from ..data.splits import make_splits, per_class_subset
 from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
+from ..runtime.distributed import broadcast, gather_lists, is_main, my_share
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
-from .results import results_folder
+from .results import main_holds
 from .study_files import write_rows
 
 
@@ -72,8 +73,8 @@ def sweep(data: DataConfig, config: TrainConfig, out: str | Path, study: SweepCo
           quiet: bool = False) -> dict[str, Any]:
     """Test accuracy against examples per class: nested random subsets of the training split (the
     same ``subsets`` seeds for every size), a fixed validation and test split."""
-    with results_folder(Path(out), data.source, "a sweep") as folder:
-        return _sweep(data, config, folder, study, quiet)
+    with main_holds(Path(out), data.source, "a sweep"):
+        return broadcast(_sweep(data, config, Path(out), study, quiet))
 
 
 def _sweep(data: DataConfig, config: TrainConfig, out: Path, study: SweepConfig, quiet: bool) -> dict[str, Any]:
@@ -82,16 +83,19 @@ def _sweep(data: DataConfig, config: TrainConfig, out: Path, study: SweepConfig,
     prep = prepare(ds, base, config, quiet=quiet)
     largest = int(np.bincount(ds.labels[base["train"]]).min())
     rows = []
-    for n in study.per_class:
-        for s in range(study.subsets):
-            train = per_class_subset(base["train"], ds.labels, n, seed=s)
-            sub = replace(prep, splits={**base, "train": train})
-            for strategy in study.strategies:
-                res = train_one(sub, config, strategy, s, out / f"n{n}" / f"subset{s}" / strategy, quiet=quiet)
-                rows.append({"per_class": n, "per_class_used": min(n, largest), "subset": s, "strategy": strategy,
-                             "train_images": len(train), "test_acc": res.test_acc, "seconds": res.seconds})
-                if not quiet:
-                    console.print(f"n={n} subset {s} {strategy}: {res.test_acc:.1%}")
+    # Independent runs: under torchrun each process trains its share, rank 0 writes the results.
+    jobs = [(n, s, strategy) for n in study.per_class for s in range(study.subsets) for strategy in study.strategies]
+    for n, s, strategy in my_share(jobs):
+        train = per_class_subset(base["train"], ds.labels, n, seed=s)
+        sub = replace(prep, splits={**base, "train": train})
+        res = train_one(sub, config, strategy, s, out / f"n{n}" / f"subset{s}" / strategy, quiet=quiet)
+        rows.append({"per_class": n, "per_class_used": min(n, largest), "subset": s, "strategy": strategy,
+                     "train_images": len(train), "test_acc": res.test_acc, "seconds": res.seconds})
+        if not quiet:
+            console.print(f"n={n} subset {s} {strategy}: {res.test_acc:.1%}")
+    rows = sorted(gather_lists(rows), key=lambda r: jobs.index((r["per_class"], r["subset"], r["strategy"])))
+    if not is_main():
+        return {}
     capped = sorted({n for n in study.per_class if n > largest})
     write_rows(out, rows, {"largest_per_class": largest, "capped": capped, "test_images": len(base["test"])})
     means = _plot(rows, study.strategies, out / "plots" / "sweep.png")

@@ -22,12 +22,13 @@ from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import HEAD, HeadSpec, TransferModel, copy_groups, groups_state
 from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
+from ..runtime.distributed import broadcast, is_main
 from ..train.batches import ImageBatches
 from ..train.config import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
 from ..train.engine import PhaseContext, evaluate, fit_phase
 from ..train.run import Prepared, prepare
 from ..train.strategies import Gradient, Phase
-from .results import results_folder
+from .results import main_holds
 from .study_files import write_rows
 
 # What the study runs on unless told otherwise: many small networks trained from scratch.
@@ -141,8 +142,9 @@ def transferability(data: DataConfig, config: TrainConfig = DEFAULT_CONFIG, out:
     """Yosinski et al.'s experiment: base nets on class halves A and B, then BnB, BnB+, AnB, AnB+ for
     each cut ``n`` (first ``n`` groups copied from a base net, frozen or fine-tuned), accuracy on B.
     ``data.split_seed`` seeds the halves, the splits and the networks."""
-    with results_folder(Path(out), data.source, "a transferability study") as folder:
-        return _transferability(data, config, folder, study, quiet)
+    # Under torchrun rank 0 runs it alone (the cut networks need the base networks in its memory).
+    with main_holds(Path(out), data.source, "a transferability study"):
+        return broadcast(_transferability(data, config, Path(out), study, quiet) if is_main() else None)
 
 
 def _transferability(data: DataConfig, config: TrainConfig, out: Path, study: TransferabilityConfig,
