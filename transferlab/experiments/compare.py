@@ -32,7 +32,7 @@ from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
-from ..runtime.distributed import broadcast, gather_lists, is_main, my_share
+from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
 from ..train.strategies import build_strategy, list_strategies
@@ -177,9 +177,11 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
               quiet: bool, command: str) -> dict[str, Any]:
     """Every run of the plan; under torchrun each process trains its share of every wave (one run per
     process at a time), rank 0 gathers the results and alone writes the shared files."""
-    config, plan, main = exp.train, exp.compare, is_main()
+    plan, main = exp.compare, is_main()
     started = time.time()
     prep = _start(exp, ds, splits, out, quiet)
+    exp = _resolve_parallel(exp)
+    config, by_runs = exp.train, exp.train.runtime.parallel == "runs"
     results: list[RunResult] = []
 
     def ordered(rs: list[RunResult]) -> list[RunResult]:
@@ -188,7 +190,8 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
     metrics: dict[str, Any] = {}
     for wave in _waves(plan, config):
         mine: list[RunResult] = []
-        for strategy, seed in my_share([(s, seed) for s in wave for seed in range(plan.seeds)]):
+        jobs = [(s, seed) for s in wave for seed in range(plan.seeds)]
+        for strategy, seed in my_share(jobs) if by_runs else jobs:
             if not quiet:
                 console.print(f"[bold]{strategy}[/bold] seed {seed}")
             budget = _equal_compute_budget(strategy, seed, results, config)
@@ -196,7 +199,7 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
                                   resume=resume, quiet=quiet, budget=budget))
             if main:  # progress on disk as runs end (the other processes' runs arrive after the wave)
                 metrics = write_results(out, exp, prep, ordered(results + mine), started, command)
-        results = ordered(results + gather_lists(mine))
+        results = ordered(results + (gather_lists(mine) if by_runs else mine))
         if main:
             metrics = write_results(out, exp, prep, results, started, command)
     if main and ENSEMBLE in plan.strategies:
@@ -205,6 +208,18 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
     if main:
         build_report(out, prep.cache)
     return broadcast(metrics)
+
+
+def _resolve_parallel(exp: Experiment) -> Experiment:
+    """``parallel=auto`` made definite: runs when the compare has at least as many trained runs as
+    the torchrun job has processes (every process busy, no communication), else data."""
+    rt = exp.train.runtime
+    if rt.parallel != "auto":
+        return exp
+    runs = len([s for s in exp.compare.strategies if s != ENSEMBLE]) * exp.compare.seeds
+    mode = "runs" if runs >= world_size() else "data"
+    train = dataclasses.replace(exp.train, runtime=dataclasses.replace(rt, parallel=mode))
+    return dataclasses.replace(exp, train=train)
 
 
 def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, quiet: bool) -> Prepared:

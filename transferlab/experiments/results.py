@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, folder_lock, remove_stale_temporaries, write_json
-from ..runtime.distributed import broadcast, is_main
+from ..runtime.distributed import broadcast, is_main, world_size
 from ..train.run import Prepared, RunResult
 
 if TYPE_CHECKING:
@@ -119,6 +119,16 @@ def _versions() -> dict[str, str]:
             "transferlab": __version__}
 
 
+def _processes(exp: Experiment) -> dict[str, Any]:
+    """How the runs were spread over a torchrun job, and the batch and learning rates that result."""
+    world, mode, batch = world_size(), exp.train.runtime.parallel, exp.train.schedule.batch_size
+    info: dict[str, Any] = {"count": world, "mode": mode if world > 1 else "single"}
+    if world > 1 and mode == "data":
+        info |= {"global_batch": batch, "batch_per_process": -(-batch // world),
+                 "learning_rates": "as in one process: the global batch is the --batch-size"}
+    return info
+
+
 def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunResult],
                   started: float, command: str) -> dict[str, Any]:
     """(Re)write metrics.json, history.csv and manifest.json from the runs finished so far."""
@@ -144,5 +154,6 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
         "wall_seconds": {"total": time.time() - started,
                          **{f"{r.strategy}/seed{r.seed}": r.seconds for r in results}},
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in prep.data_config.items()},
+        "processes": _processes(exp),
     })
     return metrics

@@ -85,3 +85,37 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(t: torch.Tensor) -> torch.Tensor:
+    """This process's rows of a batch that every process holds whole (rows rank, rank + W, ...)."""
+    return t[rank()::world_size()]
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the processes (a copy; ``t`` itself alone)."""
+    if not dist.is_initialized():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel over the parameters that require grad now (wrap
+    again when that set changes); ``model`` itself outside a torchrun job."""
+    if not dist.is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every process: after data-parallel steps in which
+    each process updated them from its own rows, so that every process then evaluates (and decides
+    to stop) identically."""
+    if dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)

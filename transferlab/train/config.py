@@ -71,6 +71,10 @@ class RuntimeConfig:
                                   "(CUDA graphs)", choices=("none", "default", "reduce-overhead"))
     checkpoint_seconds: float = option(30.0, "training time between checkpoints within a phase (0: every epoch; "
                                              "the end of every phase is always saved)", minimum=0)
+    parallel: str = option("auto", "under torchrun: runs (each run trained by one process), data (every run "
+                                   "by all processes, DistributedDataParallel, the batch split between "
+                                   "them), auto (runs when there are at least as many runs as processes)",
+                           choices=("auto", "runs", "data"))
     deterministic: bool = option(False, "deterministic algorithms (on CUDA: fixed cuBLAS workspace, no cuDNN "
                                         "autotuning), so a resumed run matches an uninterrupted one exactly")
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.progress import progress_bar
 from ..models.heads import TransferModel
+from ..runtime import distributed
 from ..runtime.bnfold import FoldMemo, folded_batchnorm
 from ..runtime.device import Precision
 from .batches import Batches
@@ -39,6 +40,10 @@ def freeze(model: TransferModel, trainable: tuple[str, ...]) -> list[nn.Module]:
     if unknown:
         raise ValueError(f"phase names unknown parts {sorted(unknown)}; known: {list(by_name)}")
     frozen: list[nn.Module] = []
+    # Parameters outside every part (a backbone's own ImageNet classifier) never learn either: DDP
+    # would otherwise wait for their gradients.
+    for p in model.parameters():
+        p.requires_grad_(False)
     for name, part in by_name.items():
         on = name in trainable
         for p in part.params:
@@ -163,6 +168,7 @@ class PhaseContext:
     checkpoint_seconds: float = 0.0
     quiet: bool = False
     deadline: float | None = None
+    data_parallel: bool = False  # torchrun: each process trains on its share of every batch (DDP)
 
 
 @dataclass
@@ -184,19 +190,30 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
-                 generator: torch.Generator) -> float:
-    # ``model`` may be the compiled module (Precision.compiled): same parameters, same function.
-    """One pass over ``train``; the mean training loss. Nothing waits on the device until the end."""
+                 generator: torch.Generator, data_parallel: bool = False) -> float:
+    # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
+    """One pass over ``train``; the mean training loss. Nothing waits on the device until the end.
+
+    With ``data_parallel`` every process draws the same batches and trains on its rows of each
+    (``distributed.shard``); the loss is the shard's sum over the whole batch's size times the number
+    of processes, so DDP's average of the processes' gradients is exactly the whole batch's mean
+    gradient, however unevenly a batch divides."""
     total = torch.zeros((), dtype=torch.float64, device=precision.device)
-    count = 0
+    count, world = 0, distributed.world_size() if data_parallel else 1
     for x, y in train.batches(generator):
+        n = len(y)
+        if data_parallel:
+            x, y = distributed.shard(x), distributed.shard(y)
         with precision.autocast():
-            loss = F.cross_entropy(model(precision.to_input(x), level=train.level).float(), y.to(precision.device))
+            logits = model(precision.to_input(x), level=train.level).float()
+        loss_sum = F.cross_entropy(logits, y.to(precision.device), reduction="sum")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum * (world / n)).backward()
         optimizer.step()
-        total += loss.detach().double() * len(y)
-        count += len(y)
+        total += loss_sum.detach().double()
+        count += n
+    if data_parallel:
+        total = distributed.all_sum(total)
     return total.item() / max(count, 1)
 
 
@@ -211,6 +228,13 @@ def _record(state: PhaseState, model: nn.Module, row: dict[str, Any]) -> None:
         state.bad_epochs += 1
 
 
+def _past(ctx: PhaseContext) -> bool:
+    """Whether the deadline has passed; in a data-parallel job rank 0's clock decides for all, so that
+    every process runs the same epochs."""
+    past = time.perf_counter() >= ctx.deadline
+    return distributed.broadcast(past) if ctx.data_parallel else past
+
+
 def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, ctx: PhaseContext) -> PhaseResult:
     """Train ``model`` for one gradient phase; return its history with the best weights restored.
 
@@ -220,6 +244,8 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     frozen = freeze(model, phase.trainable)
     optimizer = make_optimizer(model, phase.trainable, method)
     step_model = ctx.precision.compiled(model)
+    if ctx.data_parallel:  # wrapped per phase: DDP syncs the gradients of the parameters trainable now
+        step_model = distributed.data_parallel(step_model, ctx.precision.device)
     if ctx.resume is not None:
         state = ctx.resume
         optimizer.load_state_dict(state.optimizer)
@@ -237,7 +263,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
         for epoch in range(state.epoch + 1, method.max_epochs):
             if state.bad_epochs >= method.patience:
                 break
-            if ctx.deadline is not None and time.perf_counter() >= ctx.deadline:
+            if ctx.deadline is not None and _past(ctx):
                 budget_cut = True
                 break
             t0 = time.perf_counter()
@@ -245,7 +271,10 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             torch.manual_seed(seed_e)  # dropout
             set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
-                                      torch.Generator().manual_seed(seed_e))  # order and augmentation
+                                      torch.Generator().manual_seed(seed_e),  # order and augmentation
+                                      ctx.data_parallel)
+            if ctx.data_parallel:
+                distributed.sync_buffers(model)
             val_loss, val_acc = evaluate(model, val, ctx.precision)
             _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,
                                    "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0})

@@ -30,6 +30,7 @@ from ..data.imagestore import ImageStore
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
+from ..runtime import distributed
 from ..runtime.device import Precision, configure_torch
 from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
@@ -168,12 +169,14 @@ def save_predictions(run_dir: Path, test_probs: np.ndarray, val_probs: np.ndarra
 class _Checkpointer:
     """Writes the run's state after every epoch and after every phase."""
 
-    def __init__(self, path: Path, model: TransferModel, state: RunState):
-        self.path, self.model, self.state = path, model, state
+    def __init__(self, path: Path, model: TransferModel, state: RunState, writes: bool = True):
+        self.path, self.model, self.state, self.writes = path, model, state, writes
         self.t_start = time.perf_counter() - state.elapsed
 
     def save(self, phase_index: int, phase_state: PhaseState | None, history: list[dict[str, Any]]) -> None:
         s = self.state
+        if not self.writes:
+            return
         save_checkpoint(RunState(self.model.state_dict(), phase_index, phase_state, history, s.body_changed,
                                  s.details, time.perf_counter() - self.t_start), self.path)
 
@@ -205,7 +208,11 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics.
 
     ``budget``: seconds of training after which no new epoch starts (default: the schedule's
-    ``time_budget``); counted from the run's start, across a resume."""
+    ``time_budget``); counted from the run's start, across a resume. Under torchrun with
+    ``config.runtime.parallel == "data"`` every process trains this run together (DDP) and rank 0
+    alone writes its files."""
+    data_parallel = config.runtime.parallel == "data" and distributed.world_size() > 1
+    writes = not data_parallel or distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "result.json"
     if resume and done.is_file():
@@ -227,14 +234,14 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
             warn(f"{exc}; starting this run from its beginning")
     if state is not None:
         model.load_state_dict(state.model)
-    ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}))
+    ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}), writes)
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     inputs = PhaseInputs(model, prep, config, store, quiet)
     budget = budget if budget is not None else config.schedule.time_budget
     if budget is not None:
         ckpt.state.details["budget_s"] = round(budget, 1)
     ctx = PhaseContext(prep.precision, seed=seed, checkpoint_seconds=config.runtime.checkpoint_seconds, quiet=quiet,
-                       deadline=None if budget is None else ckpt.t_start + budget)
+                       deadline=None if budget is None else ckpt.t_start + budget, data_parallel=data_parallel)
     _run_phases(model, strategy, inputs, ckpt, ctx)
 
     # Final metrics at the cheapest exact level.
@@ -247,13 +254,17 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     val_acc = float((val_logits.argmax(1) == val_y).float().mean())
     seconds = time.perf_counter() - ckpt.t_start
 
-    _save_model(run_dir, model, {**model_config(backbone, len(classes), head, classes),
-                                 "strategy": strategy_name, "seed": seed})
-    save_predictions(run_dir, logits.softmax(1).numpy(), val_logits.softmax(1).numpy())
+    if writes:
+        _save_model(run_dir, model, {**model_config(backbone, len(classes), head, classes),
+                                     "strategy": strategy_name, "seed": seed})
+        save_predictions(run_dir, logits.softmax(1).numpy(), val_logits.softmax(1).numpy())
     history = ckpt.state.history
     result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
                        float(F.cross_entropy(logits, y)), len(history), seconds,
                        [{k: v for k, v in h.items() if k != "phase_index"} for h in history], ckpt.state.details)
-    write_json(done, dataclasses.asdict(result))
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if writes:
+        write_json(done, dataclasses.asdict(result))
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if data_parallel:
+        distributed.barrier()  # the files exist before any process moves on
     return result
