@@ -31,12 +31,19 @@ from strategies import naive_loaders  # noqa: E402  (the textbook loop's data pa
 
 from transferlab.data import load_dataset, make_splits, stratified_split  # noqa: E402
 from transferlab.models import TransferModel, backbone_spec, create_backbone  # noqa: E402
-from transferlab.runtime import bf16_native, resolve_device, tune_allocator  # noqa: E402
+from transferlab.runtime import bf16_native, tune_allocator  # noqa: E402
 from transferlab.runtime.device import Precision, configure_torch  # noqa: E402
 from transferlab.train import TrainConfig, prepare  # noqa: E402
 from transferlab.train.batches import ImageBatches  # noqa: E402
-from transferlab.train.engine import PhaseContext, _train_epoch, fit_phase, folded, freeze, \
-    make_optimizer, set_train_mode  # noqa: E402
+from transferlab.train.engine import (
+    PhaseContext,
+    _train_epoch,
+    fit_phase,
+    folded,
+    freeze,
+    make_optimizer,  # noqa: E402
+    set_train_mode,
+)
 from transferlab.train.strategies import HEAD, Gradient, Phase  # noqa: E402
 
 VARIANTS = {
@@ -85,7 +92,7 @@ def run_variant(prep, splits, classes, variant: dict, epochs: int) -> dict:
     for e in range(3):
         sync(precision.device)
         t = time.perf_counter()
-        for x, _ in train.batches(torch.Generator().manual_seed(e)):
+        for _x, _ in train.batches(torch.Generator().manual_seed(e)):
             pass
         sync(precision.device)
         data_secs.append(time.perf_counter() - t)
@@ -99,7 +106,7 @@ def run_variant(prep, splits, classes, variant: dict, epochs: int) -> dict:
     step_secs = []
     with folded(model, val, precision):
         set_train_mode(model, frozen, True, phase.method.bn_eval)
-        for rep in range(4):
+        for _rep in range(4):
             sync(precision.device)
             t = time.perf_counter()
             for _ in range(n_batches):
