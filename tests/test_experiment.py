@@ -168,3 +168,17 @@ def test_ensemble_selection_prefers_the_better_member():
     weights = select_weights({"good": good, "noise": noise}, y)
     assert weights.get("good", 0) > 0.5
     assert cross_fitted_accuracy({"good": good, "noise": noise}, y) > 0.9
+
+
+def test_metrics_quote_balanced_accuracy_macro_f1_top_k_and_per_class_scores(compared):
+    _, out = compared
+    m = json.loads((out / "metrics.json").read_text())
+    for run in m["runs"]:
+        s = run["scores"]
+        assert s["accuracy"] == pytest.approx(run["test_acc"], abs=1e-6)
+        assert 0 <= s["balanced_accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1 and s["top2_accuracy"] >= s["accuracy"]
+        assert set(s["per_class"]) == {"class_0", "class_1", "class_2"}
+        assert sum(c["support"] for c in s["per_class"].values()) == 6  # the test split
+    assert "macro_f1" in m["summary"]["features"]
+    report = (out / "report.md").read_text()
+    assert "balanced accuracy" in report and "macro-F1" in report and "precision" in report

@@ -35,6 +35,7 @@ from ..reporting.compare_report import build_report
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
+from ..train.scores import classification_scores
 from ..train.strategies import build_strategy, list_strategies
 from .ensemble import ENSEMBLE, fit_ensemble
 from .results import check_out_folder, main_holds, model_folder, write_results
@@ -252,7 +253,8 @@ def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], q
     save_predictions(folder, fit.test_probs, fit.val_probs)
     seconds = sum(r.seconds for r in done if r.seed == seed and r.strategy in fit.weights)
     result = RunResult(ENSEMBLE, seed, fit.test_acc, fit.val_acc, fit.test_loss, 0, seconds,
-                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}})
+                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}},
+                       scores=classification_scores(fit.test_probs, labels[prep.splits["test"]], prep.dataset.classes))
     write_json(folder / "result.json", dataclasses.asdict(result))
     return [result]
 

@@ -96,8 +96,13 @@ def summarise(results: list[RunResult]) -> dict[str, dict[str, float]]:
         out[name] = {"test_acc": acc, "test_acc_ci95": ci, "val_acc": float(np.mean([r.val_acc for r in rs])),
                      "epochs": float(np.mean([r.epochs for r in rs])),
                      "seconds": float(np.mean([r.seconds for r in rs])), "seeds": len(rs),
-                     "budget_cut": sum(1 for r in rs if r.details.get("budget_cut"))}
+                     "budget_cut": sum(1 for r in rs if r.details.get("budget_cut")),
+                     **{k: float(np.mean([r.scores[k] for r in rs]))
+                        for k in _QUOTED if all(k in r.scores for r in rs)}}
     return out
+
+
+_QUOTED = ("balanced_accuracy", "macro_f1")
 
 
 def winner(summary: dict[str, dict[str, float]]) -> str:

@@ -23,12 +23,14 @@ def _pct(x: float) -> str:
 
 
 def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
-    rows = [["strategy", "test accuracy", "val accuracy", "epochs", "seconds", "seeds"]]
+    rows = [["strategy", "test accuracy", "balanced accuracy", "macro-F1", "val accuracy", "epochs", "seconds",
+             "seeds"]]
     cut = [n for n, s in summary.items() if s.get("budget_cut")]
     for name, s in summary.items():
         ci = f" ± {s['test_acc_ci95'] * 100:.1f}" if s["seeds"] > 1 else ""
         mark = (" (winner)" if name == best else "") + (" (cut by its time budget)" if name in cut else "")
-        rows.append([name + mark, _pct(s["test_acc"]) + ci, _pct(s["val_acc"]),
+        quoted = [_pct(s[k]) if k in s else "-" for k in ("balanced_accuracy", "macro_f1")]
+        rows.append([name + mark, _pct(s["test_acc"]) + ci, *quoted, _pct(s["val_acc"]),
                      f"{s['epochs']:.0f}", f"{s['seconds']:.1f}", str(s["seeds"])])
     text = (f"Winner: {best}, chosen on validation accuracy; its test accuracy is "
             f"{_pct(summary[best]['test_acc'])} on {manifest['data']['splits'].get('test', '?')} test images. "
@@ -71,11 +73,18 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
     test_idx = splits["test"]
     y_true = splits["labels"][test_idx]
     cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
-    per_class = [["class", "test images", "accuracy"]]
+    scores = next(r for r in metrics["runs"] if r["strategy"] == best).get("scores", {})
+    per_class = [["class", "test images", "accuracy (recall)", "precision", "F1"]]
     for k, c in enumerate(classes):
-        n = int(cm[k].sum())
-        per_class.append([c, str(n), _pct(cm[k, k] / n) if n else "-"])
-    sections = [Section(f"Confusion matrix and per-class accuracy of the winner ({best})", "", per_class,
+        n, pc = int(cm[k].sum()), scores.get("per_class", {}).get(c, {})
+        per_class.append([c, str(n), _pct(cm[k, k] / n) if n else "-",
+                          *[_pct(pc[m]) if m in pc else "-" for m in ("precision", "f1")]])
+    top = next((f"{k.replace('_accuracy', '')} accuracy {_pct(v)}, " for k, v in scores.items()
+                if k.startswith("top") and v is not None), "")
+    quoted = (f"Seed {seed}: accuracy {_pct(scores['accuracy'])}, balanced accuracy "
+              f"{_pct(scores['balanced_accuracy'])}, {top}macro-F1 {_pct(scores['macro_f1'])}."
+              if "macro_f1" in scores else "")
+    sections = [Section(f"Confusion matrix and per-class scores of the winner ({best})", quoted, per_class,
                         plot_confusion(cm, classes, f"{best}: test set", plots / "confusion.png"))]
     wrong = np.flatnonzero(y_pred != y_true)
     if images is not None and len(wrong):

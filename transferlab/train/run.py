@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .engine import PhaseContext, predict_logits
 from .features import FeatureStore, ImageSource, advance, encode
 from .runners import PhaseRun, runner_for
+from .scores import classification_scores
 from .strategies import Phase, Strategy, build_strategy
 
 
@@ -79,6 +80,7 @@ class RunResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the C the probe's cross-validation chose
+    scores: dict[str, Any] = field(default_factory=dict)  # test: balanced accuracy, macro-F1, top-k, per class
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history."""
@@ -261,7 +263,8 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     history = ckpt.state.history
     result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
                        float(F.cross_entropy(logits, y)), len(history), seconds,
-                       [{k: v for k, v in h.items() if k != "phase_index"} for h in history], ckpt.state.details)
+                       [{k: v for k, v in h.items() if k != "phase_index"} for h in history], ckpt.state.details,
+                       classification_scores(logits.softmax(1).numpy(), y.numpy(), classes))
     if writes:
         write_json(done, dataclasses.asdict(result))
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
