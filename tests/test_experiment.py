@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -182,3 +183,37 @@ def test_metrics_quote_balanced_accuracy_macro_f1_top_k_and_per_class_scores(com
     assert "macro_f1" in m["summary"]["features"]
     report = (out / "report.md").read_text()
     assert "balanced accuracy" in report and "macro-F1" in report and "precision" in report
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    from transferlab.train.calibration import expected_calibration_error, fit_temperature, scale
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 2000)
+    pred = np.where(rng.random(2000) < 0.7, y, (y + 1) % 4)  # right 70% of the time ...
+    probs = np.full((2000, 4), 0.01 / 3)
+    probs[np.arange(2000), pred] = 0.99  # ... at 99% confidence
+    t = fit_temperature(probs, y)
+    assert t > 1.5
+    assert expected_calibration_error(scale(probs, t), y) < 0.05 < 0.2 < expected_calibration_error(probs, y)
+    assert (scale(probs, t).argmax(1) == probs.argmax(1)).all()  # the labels do not change
+
+
+def test_compare_calibrates_and_predict_uses_it(compared, tmp_path):
+    from transferlab.train.calibration import scale
+
+    data, out = compared
+    m = json.loads((out / "metrics.json").read_text())
+    for run in m["runs"]:
+        assert {"temperature", "ece", "ece_calibrated"} <= set(run["scores"])
+    assert "Calibration of the winner" in (out / "report.md").read_text()
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    folder = run / m["winner"] / f"seed{m['runs'][0]['seed']}"
+    img = sorted((data / "class_1").iterdir())[0]
+    (folder / "calibration.json").write_text(json.dumps({"temperature": 1.0}))
+    raw = predict(folder, [img], top_k=3)[0]["top"]
+    (folder / "calibration.json").write_text(json.dumps({"temperature": 3.0}))
+    scaled = predict(folder, [img], top_k=3)[0]["top"]
+    probs = np.array([[p for _, p in sorted(raw)]])
+    assert [p for _, p in sorted(scaled)] == pytest.approx(scale(probs, 3.0)[0].tolist(), abs=1e-6)

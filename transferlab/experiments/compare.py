@@ -33,6 +33,7 @@ from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
+from ..train.calibration import expected_calibration_error, fit_temperature, scale
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
 from ..train.scores import classification_scores
@@ -205,8 +206,9 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
             metrics = write_results(out, exp, prep, results, started, command)
     if main and ENSEMBLE in plan.strategies:
         results += [r for seed in range(plan.seeds) for r in _ensemble_run(out, prep, seed, results, quiet)]
-        metrics = write_results(out, exp, prep, ordered(results), started, command)
     if main:
+        _calibrate(out, prep, results)
+        metrics = write_results(out, exp, prep, ordered(results), started, command)
         build_report(out, prep.cache)
     return broadcast(metrics)
 
@@ -221,6 +223,23 @@ def _resolve_parallel(exp: Experiment) -> Experiment:
     mode = "runs" if runs >= world_size() else "data"
     train = dataclasses.replace(exp.train, runtime=dataclasses.replace(rt, parallel=mode))
     return dataclasses.replace(exp, train=train)
+
+
+def _calibrate(out: Path, prep: Prepared, results: list[RunResult]) -> None:
+    """Temperature scaling for every run, fitted on its validation probabilities (calibration.json in
+    its folder, read by predict); the test ECE before and after goes into its scores."""
+    labels = prep.dataset.labels
+    y_val, y_test = labels[prep.splits["val"]], labels[prep.splits["test"]]
+    for r in results:
+        folder = model_folder(out, r.strategy, r.seed)
+        if not (folder / "val_probs.npy").is_file() or not (folder / "test_probs.npy").is_file():
+            continue
+        t = fit_temperature(np.load(folder / "val_probs.npy"), y_val)
+        test = np.load(folder / "test_probs.npy")
+        info = {"temperature": round(t, 4), "ece": expected_calibration_error(test, y_test),
+                "ece_calibrated": expected_calibration_error(scale(test, t), y_test)}
+        write_json(folder / "calibration.json", info)
+        r.scores.update(info)
 
 
 def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, quiet: bool) -> Prepared:

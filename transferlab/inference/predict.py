@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from ..core.errors import DataError
+from ..core.io import read_json
 from ..data.images import IMAGE_EXTENSIONS
+from ..train.calibration import scale
 from .classify import preprocess
 from .saved import ensemble_members, find_model_dir, load_model
 
@@ -36,6 +38,9 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
     folder = find_model_dir(run_dir, strategy)
     members = ensemble_members(folder) if (folder / "ensemble.json").is_file() else {folder: 1.0}
     models = [(load_model(f), w) for f, w in members.items()]
+    # Temperature scaling fitted on validation (compare writes it): calibrated probabilities.
+    calibration = folder / "calibration.json"
+    temperature = float(read_json(calibration).get("temperature", 1.0)) if calibration.is_file() else 1.0
     classes = models[0][0][1]["classes"]
     files = expand_inputs(inputs)
     results = []
@@ -43,6 +48,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
         chunk = files[s:s + batch_size]
         # An ensemble averages its members' probabilities, each model with its own preprocessing.
         probs = sum(w * model(preprocess(chunk, info["data_config"])).softmax(-1) for (model, info), w in models)
+        probs = torch.from_numpy(scale(probs.numpy(), temperature)) if temperature != 1.0 else probs
         values, indices = probs.topk(min(top_k, len(classes)), dim=-1)
         for f, vs, ix in zip(chunk, values.tolist(), indices.tolist()):
             top = [(classes[i], float(v)) for v, i in zip(vs, ix)]

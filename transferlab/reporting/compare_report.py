@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from ..train.calibration import reliability, scale
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
-from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified
+from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified, plot_reliability
 from .render import Section, render
 
 
@@ -96,6 +97,27 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
     return sections
 
 
+def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
+    """The winner's calibration on the test split: ECE before and after temperature scaling, and the
+    reliability diagram."""
+    best = metrics["winner"]
+    run = next(r for r in metrics["runs"] if r["strategy"] == best)
+    folder = out / best / f"seed{run['seed']}"
+    scores, splits_path = run.get("scores", {}), out / "splits.npz"
+    if "temperature" not in scores or not (folder / "test_probs.npy").is_file() or not splits_path.is_file():
+        return None
+    with np.load(splits_path) as splits:
+        y = splits["labels"][splits["test"]]
+    probs, t = np.load(folder / "test_probs.npy"), scores["temperature"]
+    curves = {"as trained": reliability(probs, y), f"temperature {t:.2f}": reliability(scale(probs, t), y)}
+    rows = [["", "expected calibration error (test)"], ["as trained", _pct(scores["ece"])],
+            [f"temperature scaled (T = {t:.2f}, fitted on validation)", _pct(scores["ece_calibrated"])]]
+    text = ("How far the winner's confidence is from its accuracy (15 equal-width bins; Guo et al. 2017). "
+            "The temperature is fitted on the validation split; predict reports the scaled probabilities.")
+    return Section(f"Calibration of the winner ({best}, seed {run['seed']})", text, rows,
+                   plot_reliability(curves, f"{best}: test set", plots / "reliability.png"))
+
+
 def _how_run(manifest: dict) -> Section:
     data, machine = manifest["data"], manifest["machine"]
     rows = [["item", "value"], ["data", f"{data['name']} ({data['images']} images, {len(data['classes'])} classes)"],
@@ -131,6 +153,7 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
                 image=plot_curves(history, list(summary), plots / "curves.png")),
         _benefits(summary, history),
         *_winner_errors(out, metrics, manifest["data"]["classes"], images),
+        _calibration(out, metrics, plots),
         _how_run(manifest),
     ]
     html_path, _ = render(f"transferlab report: {manifest['data']['name']}", [s for s in sections if s], out)

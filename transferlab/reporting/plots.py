@@ -103,3 +103,22 @@ def plot_misclassified(images: list[np.ndarray], captions: list[str], path: Path
         ax.imshow(img, interpolation="nearest")
         ax.set_title(cap, fontsize=7)
     return save_figure(fig, path)
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, one line per curve (name -> (mean
+    confidence, accuracy, share) per bin, as ``train.calibration.reliability`` gives), the diagonal
+    being perfect calibration."""
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect")
+    for name, (conf, acc, share) in curves.items():
+        keep = share > 0
+        ax.plot(conf[keep], acc[keep], marker="o", label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -13,13 +13,16 @@ def classification_scores(probs: np.ndarray, y: np.ndarray, classes: list[str]) 
     """Scores of class probabilities ``probs`` (N, C) against labels ``y`` (N,)."""
     labels = np.arange(len(classes))
     pred = probs.argmax(1)
-    k = min(5, len(classes) - 1)  # top-5, or top-(C-1) for fewer classes (top-C is always 100%)
+    # top-5, or top-(C-1) for fewer classes (top-C is always 100%); none for two classes (top-1 is accuracy)
+    k = min(5, len(classes) - 1)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {
+    scores: dict[str, Any] = {
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        f"top{k}_accuracy": float(top_k_accuracy_score(y, probs, k=k, labels=labels)) if k >= 1 else None,
         "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
     }
+    if k >= 2:
+        scores[f"top{k}_accuracy"] = float(top_k_accuracy_score(y, probs, k=k, labels=labels))
+    return scores
