@@ -207,3 +207,36 @@ def test_flowers17_offline_explains_local_copy(monkeypatch):
     monkeypatch.setattr(flowers17, "_download", no_network)
     with pytest.raises(DataError, match="copy them into"):
         load_dataset("flowers17")
+
+
+def write_csv(path, rows, header="path,label"):
+    path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    return path
+
+
+def test_labels_from_a_csv_with_and_without_splits(tmp_path):
+    from transferlab.data import load_dataset
+
+    data = make_class_folders(tmp_path / "imgs", n_per_class=4, n_classes=2)
+    files = sorted(data.rglob("*.png"))
+    plain = write_csv(tmp_path / "labels.csv", [(str(f.relative_to(tmp_path)), f.parent.name) for f in files])
+    ds = load_dataset(plain)
+    assert ds.classes == ["class_0", "class_1"] and len(ds) == 8 and not ds.splits
+    split = ["train", "train", "val", "test"] * 2
+    with_splits = write_csv(tmp_path / "split.csv", [(str(f.relative_to(tmp_path)), f.parent.name, s)
+                                                     for f, s in zip(files, split)], "path,label,split")
+    assert {k: len(v) for k, v in load_dataset(with_splits).splits.items()} == {"train": 4, "val": 2, "test": 2}
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ([("imgs/nope.png", "a")], "path,label", "line 2: .*nope.png does not exist"),
+    ([("x.png", "a")], "file,class", "needs a header with 'path' and 'label'"),
+    ([("x.png", "")], "path,label", "line 2: empty path or label"),
+    ([("x.png", "a", "later")], "path,label,split", "split 'later' is not one of"),
+])
+def test_bad_csv_rows_name_the_line_and_the_fix(tmp_path, rows, header, message):
+    from transferlab.data import load_dataset
+
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match=message):
+        load_dataset(write_csv(tmp_path / "labels.csv", rows, header))

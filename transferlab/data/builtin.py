@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.errors import DataError
 from ..core.registry import Registry
-from .datasets import ImageDataset, label_hash, load_folder
+from .datasets import ImageDataset, label_hash, load_csv, load_folder
 from .splits import per_class_subset
 
 BUILTINS: Registry[Callable[..., ImageDataset]] = Registry("dataset", DataError)
@@ -48,9 +48,12 @@ def _flowers17(arg: str = "", strict: bool = False) -> ImageDataset:
 
 
 def load_dataset(spec: str | Path, strict: bool = False) -> ImageDataset:
-    """Load DATA as the CLI understands it: a built-in name (``digits``, ``flowers17[:k]``) or a folder."""
+    """Load DATA as the CLI understands it: a built-in name (``digits``, ``flowers17[:k]``), a CSV of
+    labels (``path,label[,split]``), or a folder."""
     text = str(spec)
     base, _, arg = text.partition(":")
     if base in BUILTINS and not Path(text).exists():
         return BUILTINS.get(base)(arg, strict=strict)
+    if text.lower().endswith(".csv"):
+        return load_csv(text, strict=strict)
     return load_folder(text, strict=strict)

@@ -24,7 +24,7 @@ from .images import IMAGE_EXTENSIONS, check_image, open_rgb
 
 SPLIT_NAMES = ("train", "val", "test")
 DATA_HELP = ("DATA must be 'digits', 'flowers17[:1|2|3]', a folder of class folders, "
-             "or a folder with train/ val/ test/ class folders")
+             "a folder with train/ val/ test/ class folders, or a CSV with path,label[,split] columns")
 
 
 class DataWarning(UserWarning):
@@ -102,7 +102,7 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
     listing = hashlib.sha256(str(root.resolve()).encode())
     for f in files:
         st = f.stat()
-        listing.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        listing.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     memo = cache_home() / "scans" / f"{listing.hexdigest()[:32]}.json"
     if memo.is_file():
         try:
@@ -218,3 +218,53 @@ def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
     if split_dirs and "train" not in split_dirs:
         raise DataError(f"{root} has {', '.join(split_dirs)} but no train/ folder")
     return files_dataset(str(root), root, entries, ordered, strict)
+
+
+# ---------------------------------------------------------------------------------------------
+# A CSV of labels
+
+
+def _csv_entry(path: Path, line: int, row: dict[str, str]) -> tuple[Path, str, str | None]:
+    """(image file, class, split or None) of one CSV row, checked."""
+    file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+    split = (row.get("split") or "").strip().lower() or None
+    if not file or not label:
+        raise DataError(f"{path}, line {line}: empty path or label")
+    if split is not None and split not in SPLIT_NAMES:
+        raise DataError(f"{path}, line {line}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
+    image = (path.parent / file).resolve()
+    if not image.is_file():
+        raise DataError(f"{path}, line {line}: {image} does not exist (paths are relative to the CSV's folder)")
+    return image, label, split
+
+
+def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
+    """Images listed in a CSV with ``path`` and ``label`` columns (paths relative to the CSV's folder)
+    and an optional ``split`` column (train, val or test; empty: to be split)."""
+    import csv
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path} does not exist. {DATA_HELP}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV file ({exc})") from None
+    columns = set(rows[0]) if rows else set()
+    if not {"path", "label"} <= columns:
+        raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
+                        f"found {', '.join(sorted(c for c in columns if c)) or 'no rows'}")
+    root = path.parent
+    entries = [_csv_entry(path, line, row) for line, row in enumerate(rows, start=2)]
+    classes = sorted({e[1] for e in entries})
+    _check_classes(classes, path)
+    given = {s for _, _, s in entries}
+    if given - {None} and None in given:
+        raise DataError(f"{path}: some rows have a split and others do not; give every row one, or none")
+    if given - {None}:
+        _check_same_classes({s: {c for _, c, t in entries if t == s} for s in given},
+                            {s: Path(f"{path} (split {s})") for s in given})
+        if "train" not in given:
+            raise DataError(f"{path} has splits {', '.join(sorted(given))} but no train rows")
+    return files_dataset(str(path), root, entries, classes, strict)
