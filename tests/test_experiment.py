@@ -217,3 +217,36 @@ def test_compare_calibrates_and_predict_uses_it(compared, tmp_path):
     scaled = predict(folder, [img], top_k=3)[0]["top"]
     probs = np.array([[p for _, p in sorted(raw)]])
     assert [p for _, p in sorted(scaled)] == pytest.approx(scale(probs, 3.0)[0].tolist(), abs=1e-6)
+
+
+def test_transfer_classifier_fits_predicts_saves_and_loads(class_folders, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from transferlab import TransferClassifier
+
+    files = sorted(class_folders.rglob("*.png"))
+    labels = [f.parent.name for f in files]
+    clf = TransferClassifier(backbone="test_tiny", strategy="features,probe", max_epochs=4)
+    assert clf.fit(files, labels) is clf
+    assert list(clf.classes_) == ["class_0", "class_1", "class_2"] and clf.winner_ in ("features", "probe")
+    probs = clf.predict_proba(files[:5])
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1)
+    assert clf.score(files, labels) > 0.8  # scikit-learn's ClassifierMixin on the (easy) training images
+    assert clf.predict([np.asarray(Image.open(files[0]))])[0] == clf.predict(files[:1])[0]  # arrays work too
+    clf.save(tmp_path / "saved")
+    again = TransferClassifier.load(tmp_path / "saved")
+    assert (again.predict(files) == clf.predict(files)).all()
+    with pytest.raises(TransferlabError, match="not fitted"):
+        TransferClassifier().predict(files)
+    # Using it leaves the caller's process settings alone (checked in a fresh interpreter).
+    code = ("import numpy, PIL.Image as I, torch; before = (I.MAX_IMAGE_PIXELS, torch.backends.cudnn.benchmark); "
+            "from transferlab import TransferClassifier; c = TransferClassifier(strategy='probe', image_size=32); "
+            "c.fit('digits:4'); c.predict_proba([numpy.zeros((8, 8, 3), 'uint8')]); "
+            "assert (I.MAX_IMAGE_PIXELS, torch.backends.cudnn.benchmark) == before")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRANSFERLAB_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]

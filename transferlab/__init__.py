@@ -7,6 +7,7 @@ the command line makes those choices in its ``main``.
 from .core.errors import BackboneError, DataError, TransferlabError
 from .data import ImageDataset, allow_large_images, load_dataset, make_splits, per_class_subset
 from .experiments.compare import CompareConfig, compare
+from .inference.classifier import TransferClassifier
 from .models import Backbone, BackboneSpec, LayerGroup, backbone_spec, create_backbone, list_backbones
 from .runtime.allocator import tune_allocator
 from .train import DataConfig, ModelConfig, RuntimeConfig, ScheduleConfig, TrainConfig, list_strategies, train_one
@@ -15,7 +16,8 @@ from .train.features import FeatureExtractor
 __all__ = [
     "Backbone", "BackboneError", "BackboneSpec", "CompareConfig", "DataConfig", "DataError", "FeatureExtractor",
     "ImageDataset", "LayerGroup", "ModelConfig", "RuntimeConfig", "ScheduleConfig", "TrainConfig",
-    "TransferlabError", "allow_large_images", "backbone_spec", "compare", "create_backbone", "list_backbones",
-    "list_strategies", "load_dataset", "make_splits", "per_class_subset", "train_one", "tune_allocator",
+    "TransferClassifier", "TransferlabError", "allow_large_images", "backbone_spec", "compare", "create_backbone",
+    "list_backbones", "list_strategies", "load_dataset", "make_splits", "per_class_subset", "train_one",
+    "tune_allocator",
 ]
 __version__ = "0.1.0"

@@ -10,17 +10,22 @@ from PIL import Image
 
 from ..core.errors import DataError
 from ..data.imagecache import cache_side, resize_center
-from ..data.images import open_rgb
+from ..data.images import open_rgb, to_rgb
 from ..data.transforms import eval_batch
 from ..models.backbone import DEFAULT_BACKBONE
 from ..models.catalog import create_backbone
 
 
-def preprocess(paths: list[Path], data_config: dict) -> torch.Tensor:
-    """Decode, resize and centre-crop image files exactly as the training pipeline evaluates them."""
+def preprocess(images: list, data_config: dict) -> torch.Tensor:
+    """Decode, resize and centre-crop images exactly as the training pipeline evaluates them: files,
+    or PIL images and uint8 (H, W, 3) arrays already in memory."""
     side = cache_side(data_config)
     arrays = []
-    for path in paths:
+    for path in images:
+        if isinstance(path, Image.Image | np.ndarray):
+            img = to_rgb(path if isinstance(path, Image.Image) else Image.fromarray(np.asarray(path, dtype=np.uint8)))
+            arrays.append(resize_center(img, side, data_config["interpolation"]))
+            continue
         try:
             arrays.append(resize_center(open_rgb(path, draft_size=side), side, data_config["interpolation"]))
         except FileNotFoundError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.errors import DataError
@@ -31,26 +32,42 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-@torch.no_grad()
+class Predictor:
+    """A trained run's model (or ensemble of models) with its preprocessing and calibration, loaded
+    once: class probabilities for image files, PIL images or uint8 (H, W, 3) arrays."""
+
+    def __init__(self, run_dir: str | Path, strategy: str | None = None, batch_size: int = 32):
+        folder = find_model_dir(run_dir, strategy)
+        members = ensemble_members(folder) if (folder / "ensemble.json").is_file() else {folder: 1.0}
+        self.models = [(load_model(f), w) for f, w in members.items()]
+        # Temperature scaling fitted on validation (compare writes it): calibrated probabilities.
+        calibration = folder / "calibration.json"
+        self.temperature = float(read_json(calibration).get("temperature", 1.0)) if calibration.is_file() else 1.0
+        self.classes: list[str] = self.models[0][0][1]["classes"]
+        self.folder, self.batch_size = folder, batch_size
+
+    @torch.no_grad()
+    def probabilities(self, images: list) -> np.ndarray:
+        """(N, classes) calibrated probabilities; an ensemble averages its members' (each model with
+        its own preprocessing)."""
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            chunk = images[s:s + self.batch_size]
+            probs = sum(w * model(preprocess(chunk, info["data_config"])).softmax(-1).double()
+                        for (model, info), w in self.models)
+            out.append(scale(probs.numpy(), self.temperature))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strategy: str | None = None,
             batch_size: int = 32) -> list[dict[str, Any]]:
-    """For each image: ``{"file", "label", "prob", "top": [(label, prob), ...]}``."""
-    folder = find_model_dir(run_dir, strategy)
-    members = ensemble_members(folder) if (folder / "ensemble.json").is_file() else {folder: 1.0}
-    models = [(load_model(f), w) for f, w in members.items()]
-    # Temperature scaling fitted on validation (compare writes it): calibrated probabilities.
-    calibration = folder / "calibration.json"
-    temperature = float(read_json(calibration).get("temperature", 1.0)) if calibration.is_file() else 1.0
-    classes = models[0][0][1]["classes"]
+    """For each image file (folders are searched): ``{"file", "label", "prob", "top": [(label, prob), ...]}``."""
+    predictor = Predictor(run_dir, strategy, batch_size)
     files = expand_inputs(inputs)
+    probs, classes = predictor.probabilities(files), predictor.classes
     results = []
-    for s in range(0, len(files), batch_size):
-        chunk = files[s:s + batch_size]
-        # An ensemble averages its members' probabilities, each model with its own preprocessing.
-        probs = sum(w * model(preprocess(chunk, info["data_config"])).softmax(-1) for (model, info), w in models)
-        probs = torch.from_numpy(scale(probs.numpy(), temperature)) if temperature != 1.0 else probs
-        values, indices = probs.topk(min(top_k, len(classes)), dim=-1)
-        for f, vs, ix in zip(chunk, values.tolist(), indices.tolist()):
-            top = [(classes[i], float(v)) for v, i in zip(vs, ix)]
-            results.append({"file": str(f), "label": top[0][0], "prob": top[0][1], "top": top})
+    for f, p in zip(files, probs):
+        order = np.argsort(-p, kind="stable")[:min(top_k, len(classes))]
+        top = [(classes[i], float(p[i])) for i in order]
+        results.append({"file": str(f), "label": top[0][0], "prob": top[0][1], "top": top})
     return results
