@@ -240,3 +240,13 @@ def test_bad_csv_rows_name_the_line_and_the_fix(tmp_path, rows, header, message)
     (tmp_path / "x.png").write_bytes(b"")
     with pytest.raises(DataError, match=message):
         load_dataset(write_csv(tmp_path / "labels.csv", rows, header))
+
+
+def test_imbalanced_classes_are_flagged(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_class_folders(root, n_per_class=13, n_classes=1)
+    make_class_folders(tmp_path / "small", n_per_class=3, n_classes=1)
+    (tmp_path / "small" / "class_0").rename(root / "rare")
+    assert main(["data", str(root)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "imbalanced" in err and "'class_0' has 13 images, 'rare' 3" in err and "--class-weights auto" in err

@@ -222,3 +222,42 @@ def test_schedule_knobs_reach_the_phases():
     assert all(not p.method.bn_eval for p in build_strategy("chain-thaw", groups, config.strategy_options()).phases[1:])
     # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
     assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4
+
+
+def imbalanced(seed: int, n_major: int = 400, n_minor: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two overlapping Gaussian classes, 10:1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(n_major, 8, generator=g), torch.randn(n_minor, 8, generator=g) + 0.9])
+    return x, torch.cat([torch.zeros(n_major), torch.ones(n_minor)]).long()
+
+
+def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float(np.mean([(pred[y == c] == c).float().mean() for c in (0, 1)]))
+
+
+def test_class_weights_raise_balanced_accuracy_on_a_10_to_1_set():
+    from transferlab.train.probe import fit_logreg
+
+    x, y = imbalanced(0)
+    xt, yt = imbalanced(1)
+    # The probe (logistic regression, C by cross-validation).
+    scores = {}
+    for balanced in (False, True):
+        fit = fit_logreg(x, y, balanced=balanced)
+        scores[balanced] = balanced_accuracy((xt @ fit.weight.T + fit.bias).argmax(1), yt)
+    assert scores[True] > scores[False] + 0.1
+    # A gradient phase (a linear head on features), with and without the weights.
+    empty = Backbone("none", GroupedNet({}, torch.nn.Identity(), torch.nn.Identity(), 8), {}, [], 8)
+    for balanced in (False, True):
+        torch.manual_seed(0)
+        model = TransferModel(empty, 2, HeadSpec(hidden=()))
+        phase = Phase("head", ("head",), Gradient(lr=0.02, max_epochs=30, patience=30, balanced=balanced))
+        fit_phase(model, phase, TensorBatches(x[None], y, level=1), TensorBatches(x[None], y, level=1),
+                  PhaseContext(CPU, quiet=True))
+        with torch.no_grad():
+            scores[balanced] = balanced_accuracy(model(xt, level=1).argmax(1), yt)
+    assert scores[True] > scores[False] + 0.1
+    # The option reaches every phase of every strategy.
+    config = TrainConfig(schedule=ScheduleConfig(class_weights="auto"))
+    for name in ("features", "probe", "finetune", "chain-thaw", "scratch"):
+        assert all(p.method.balanced for p in build_strategy(name, ["a", "b"], config.strategy_options()).phases)

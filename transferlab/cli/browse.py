@@ -9,6 +9,7 @@ import warnings
 from rich.markup import escape
 from rich.table import Table
 
+from ..core.progress import warn
 from ..data.builtin import load_dataset
 from ..data.splits import make_splits
 from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
@@ -52,6 +53,8 @@ def run_data(args: argparse.Namespace) -> None:
     for f, r in ds.skipped:
         out.print(f"  {f}: {r}", markup=False, highlight=False)
     out.print(f"fingerprint: {ds.fingerprint}")
+    if ds.imbalance_warning():
+        warn(ds.imbalance_warning())
 
 
 def _print_benchmark(res: dict, args: argparse.Namespace) -> None:

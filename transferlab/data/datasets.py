@@ -23,6 +23,7 @@ from ..core.paths import cache_home
 from .images import IMAGE_EXTENSIONS, check_image, open_rgb
 
 SPLIT_NAMES = ("train", "val", "test")
+IMBALANCE = 3.0  # largest / smallest class above which transferlab warns
 DATA_HELP = ("DATA must be 'digits', 'flowers17[:1|2|3]', a folder of class folders, "
              "a folder with train/ val/ test/ class folders, or a CSV with path,label[,split] columns")
 
@@ -67,6 +68,16 @@ class ImageDataset:
     def counts(self) -> dict[str, int]:
         """Images per class."""
         return {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
+
+    def imbalance_warning(self) -> str | None:
+        """A warning when the largest class has more than ``IMBALANCE`` times the images of the smallest."""
+        counts = self.counts()
+        big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+        if counts[big] <= IMBALANCE * counts[small]:
+            return None
+        return (f"the classes are imbalanced: {big!r} has {counts[big]} images, {small!r} {counts[small]} "
+                f"({counts[big] / counts[small]:.1f}x); accuracy then mostly measures the large classes: "
+                "watch balanced accuracy and macro-F1, and consider --class-weights auto")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,6 +155,8 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     # Everything that can fail on the user's input fails before the folder is touched.
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
+    if ds.imbalance_warning() and config.schedule.class_weights == "none" and is_main():
+        warn(ds.imbalance_warning())
     splits = make_splits(ds, seed=data.split_seed)
     def checks() -> None:
         if resume:

@@ -152,6 +152,7 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
         "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),
         "split_seed": exp.data.split_seed,
         "data": {"name": ds.name, "images": len(ds), "classes": ds.classes, "fingerprint": ds.fingerprint,
+                 "counts": ds.counts(), "imbalance_warning": ds.imbalance_warning(),
                  "splits": {k: len(v) for k, v in prep.splits.items()},
                  "skipped": [{"file": f, "reason": r} for f, r in ds.skipped]},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

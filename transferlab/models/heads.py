@@ -57,6 +57,7 @@ class TransferModel(nn.Module):
         super().__init__()
         self.body = backbone.model
         self.head = head.build(backbone.num_features, num_classes)
+        self.num_classes = num_classes
         self.groups = backbone.groups
         self.num_groups = len(backbone.groups)
         self.sequential = backbone.sequential

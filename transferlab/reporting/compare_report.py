@@ -145,7 +145,9 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
     manifest = json.loads((out / "manifest.json").read_text())
     history = read_history(out)
     summary, best = metrics["summary"], metrics["winner"]
+    imbalance = manifest["data"].get("imbalance_warning")
     sections = [
+        Section("Class balance", imbalance[0].upper() + imbalance[1:] + ".") if imbalance else None,
         _results(summary, best, manifest, plots),
         Section("Learning curves",
                 "Validation accuracy after every epoch of every phase (seed 0), against the epoch and against "

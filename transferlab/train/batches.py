@@ -19,6 +19,7 @@ class Batches(Protocol):
     """A source of training or evaluation batches at a fixed model level."""
 
     level: int
+    labels: torch.Tensor  # one per example, on the device
 
     def __len__(self) -> int: ...
 

@@ -50,6 +50,9 @@ class ScheduleConfig:
     body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
     body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
                                              "(default 3)", minimum=1)
+    class_weights: str = option("none", "auto: weight each class's loss by n / (k * n_c) of the training split "
+                                        "(imbalanced data; the probe uses class_weight='balanced')",
+                                choices=("none", "auto"))
     time_budget: float | None = option(None, "seconds of training per run after which no new epoch starts "
                                              "(default: none)", minimum=1)
     equal_compute: bool = option(True, "in a compare, scratch trains for at most the time of the slowest "
@@ -93,4 +96,4 @@ class TrainConfig:
         given = {k: getattr(s, k) for k in ("body_epochs", "body_patience") if getattr(s, k)}
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
                                body_bn_train=s.body_bn == "train", warmup_epochs=s.head_epochs,
-                               **given).scaled(s.max_epochs, s.patience)
+                               balanced=s.class_weights == "auto", **given).scaled(s.max_epochs, s.patience)

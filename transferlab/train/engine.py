@@ -27,6 +27,7 @@ from ..runtime.bnfold import FoldMemo, folded_batchnorm
 from ..runtime.device import Precision
 from .batches import Batches
 from .checkpoints import PhaseState
+from .probe import balanced_weights
 from .strategies import Gradient, Phase
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +191,8 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
-                 generator: torch.Generator, data_parallel: bool = False) -> float:
+                 generator: torch.Generator, data_parallel: bool = False,
+                 class_weights: torch.Tensor | None = None) -> float:
     # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
     """One pass over ``train``; the mean training loss. Nothing waits on the device until the end.
 
@@ -206,7 +208,7 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
             x, y = distributed.shard(x), distributed.shard(y)
         with precision.autocast():
             logits = model(precision.to_input(x), level=train.level).float()
-        loss_sum = F.cross_entropy(logits, y.to(precision.device), reduction="sum")
+        loss_sum = F.cross_entropy(logits, y.to(precision.device), weight=class_weights, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
         (loss_sum * (world / n)).backward()
         optimizer.step()
@@ -244,6 +246,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     frozen = freeze(model, phase.trainable)
     optimizer = make_optimizer(model, phase.trainable, method)
     step_model = ctx.precision.compiled(model)
+    weights = balanced_weights(train.labels, model.num_classes).to(ctx.precision.device) if method.balanced else None
     if ctx.data_parallel:  # wrapped per phase: DDP syncs the gradients of the parameters trainable now
         step_model = distributed.data_parallel(step_model, ctx.precision.device)
     if ctx.resume is not None:
@@ -272,7 +275,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e),  # order and augmentation
-                                      ctx.data_parallel)
+                                      ctx.data_parallel, weights)
             if ctx.data_parallel:
                 distributed.sync_buffers(model)
             val_loss, val_acc = evaluate(model, val, ctx.precision)

@@ -47,7 +47,8 @@ def _standardise(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return mean, torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torch.Tensor) -> torch.Tensor:
+def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torch.Tensor,
+         sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Minimise, for every fold f at once, sum_i mask[f, i] * CE(z[f, i]) + ||W_f||^2 / (2 C), from ``w``.
 
     z: (F, N, D) standardised features; w: (F, K, D + 1), the last column the unpenalised intercept.
@@ -63,6 +64,8 @@ def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torc
         opt.zero_grad()
         logits = torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2))  # (F, N, K)
         ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (F, N)
+        if sample_weight is not None:
+            ce = ce * sample_weight
         loss = ((ce * mask).sum() + (w[..., :-1] ** 2).sum() / (2 * C)) / n
         loss.backward()
         return loss
@@ -75,12 +78,22 @@ def _predict(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2)).argmax(-1)
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray = C_GRID) -> LinearFit:
-    """Multinomial logistic regression on ``x`` (N, D) with C by stratified CV, on ``x``'s device."""
+def balanced_weights(y: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+    """Per-class weights n / (k * n_c), scikit-learn's ``class_weight="balanced"`` (0 for absent classes)."""
+    counts = torch.bincount(y.long(), minlength=classes or 0).double()
+    k = int((counts > 0).sum())
+    return torch.where(counts > 0, len(y) / (k * counts.clamp_min(1)), 0).float()
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray = C_GRID,
+               balanced: bool = False) -> LinearFit:
+    """Multinomial logistic regression on ``x`` (N, D) with C by stratified CV, on ``x``'s device;
+    ``balanced``: each example's loss weighted by ``balanced_weights`` of its class."""
     x = x.float()
     y = y.to(x.device).long()
     k, d = int(y.max()) + 1, x.shape[1]
     y_np = y.cpu().numpy()
+    sw = balanced_weights(y, k)[y] if balanced else None
     chosen = 1.0  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
     if np.bincount(y_np).min() >= 2:
         folds = _folds(y_np, seed)
@@ -92,19 +105,20 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray
         w = torch.zeros(len(folds), k, d + 1, device=x.device)
         scores = []
         for C in grid:  # small to large C: each fit starts from the last one's optimum
-            w = _fit(z, y, train, float(C), w)
+            w = _fit(z, y, train, float(C), w, sw)
             right = (_predict(z, w) == y).float() * (1 - train)
             scores.append((right.sum(1) / (1 - train).sum(1)).mean().item())
         chosen = float(grid[int(np.argmax(scores))])  # ties: the smallest C, as GridSearchCV
     everything = torch.ones(1, len(y), device=x.device)
     mean, scale = _standardise(x, everything)
-    w = _fit(((x - mean) / scale)[None], y, everything, chosen, torch.zeros(1, k, d + 1, device=x.device))[0]
+    w = _fit(((x - mean) / scale)[None], y, everything, chosen, torch.zeros(1, k, d + 1, device=x.device), sw)[0]
     # The standardisation folds into the linear layer: w' = w / s, b' = b - w' . m.
     weight = w[:, :-1] / scale
     return LinearFit(weight, w[:, -1] - weight @ mean[0], chosen)
 
 
-def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 0) -> LinearFit:
+def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 0,
+                balanced: bool = False) -> LinearFit:
     """The scikit-learn reference: StandardScaler + LogisticRegression or LinearSVC, C by GridSearchCV."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -112,10 +126,11 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int =
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
+    weights = "balanced" if balanced else None
     if model == "svm":
-        clf, key = LinearSVC(dual="auto", max_iter=5000), "linearsvc__C"
+        clf, key = LinearSVC(dual="auto", max_iter=5000, class_weight=weights), "linearsvc__C"
     else:
-        clf, key = LogisticRegression(max_iter=3000), "logisticregression__C"
+        clf, key = LogisticRegression(max_iter=3000, class_weight=weights), "logisticregression__C"
     smallest = int(np.bincount(y).min())
     pipe = make_pipeline(StandardScaler(), clf)
     if smallest >= 2:
@@ -135,8 +150,9 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int =
     return LinearFit(torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32), chosen)
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, model: str = "logreg", seed: int = 0) -> LinearFit:
+def fit_probe(x: torch.Tensor, y: torch.Tensor, model: str = "logreg", seed: int = 0,
+              balanced: bool = False) -> LinearFit:
     """The probe's fit: torch logistic regression on the device, or scikit-learn's LinearSVC."""
     if model == "logreg":
-        return fit_logreg(x, y, seed)
-    return fit_sklearn(x.cpu().numpy(), y.cpu().numpy(), model, seed)
+        return fit_logreg(x, y, seed, balanced=balanced)
+    return fit_sklearn(x.cpu().numpy(), y.cpu().numpy(), model, seed, balanced)

@@ -78,7 +78,7 @@ def run_probe(r: PhaseRun) -> list[dict[str, Any]]:
     if not isinstance(r.train, TensorBatches):
         raise TypeError("the probe trains on cached pooled features")
     t0 = time.perf_counter()
-    fit = fit_probe(r.train.first_view(), r.train.labels, r.phase.method.model, r.ctx.seed)
+    fit = fit_probe(r.train.first_view(), r.train.labels, r.phase.method.model, r.ctx.seed, r.phase.method.balanced)
     r.model.set_output(fit.weight, fit.bias)
     r.details[f"{r.phase.name}_C"] = fit.C
     val_loss, val_acc = evaluate(r.model, r.val, r.ctx.precision)

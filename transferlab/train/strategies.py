@@ -46,6 +46,7 @@ class Gradient:
     patience: int = 5
     frozen_bn_eval: bool = True
     bn_eval: bool = True
+    balanced: bool = False  # the loss weights each class by n / (k * n_c) of the training split
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Probe:
     """
 
     model: str = "logreg"
+    balanced: bool = False  # scikit-learn's class_weight="balanced"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class StrategyOptions:
     probe_model: str = "logreg"  # or "svm"
     body_bn_train: bool = False  # BatchNorm of a thawed pretrained body learns batch statistics
     warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: as head_epochs)
+    balanced: bool = False  # every phase weights its loss by class (imbalanced data)
 
     def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
         """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
@@ -186,7 +189,12 @@ def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
 def build_strategy(name: str, groups: list[str] | tuple[str, ...],
                    options: StrategyOptions | None = None) -> Strategy:
     """The strategy ``name`` for a backbone whose groups are ``groups`` (input to output)."""
-    return STRATEGIES.get(name)(list(groups), options or StrategyOptions())
+    options = options or StrategyOptions()
+    strategy = STRATEGIES.get(name)(list(groups), options)
+    if options.balanced:
+        strategy = replace(strategy, phases=[replace(p, method=replace(p.method, balanced=True))
+                                             for p in strategy.phases])
+    return strategy
 
 
 def list_strategies() -> list[str]:
