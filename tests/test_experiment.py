@@ -250,3 +250,19 @@ def test_transfer_classifier_fits_predicts_saves_and_loads(class_folders, tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TRANSFERLAB_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_tensorboard_events_hold_every_epoch_hparams_and_the_confusion_matrix(compared):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = compared
+    m = json.loads((out / "metrics.json").read_text())
+    history = list(csv.DictReader((out / "history.csv").open()))
+    for run in m["runs"]:
+        acc = EventAccumulator(str(out / "tensorboard" / f"{run['strategy']}-seed{run['seed']}")).Reload()
+        epochs = [h for h in history if h["strategy"] == run["strategy"] and int(h["seed"]) == run["seed"]]
+        vals = [e.value for e in acc.Scalars("accuracy/val")]
+        assert vals == pytest.approx([float(h["val_acc"]) for h in epochs])
+        assert "phase/head/loss/train" in acc.Tags()["scalars"]
+    winner = EventAccumulator(str(out / "tensorboard" / f"{m['winner']}-seed0")).Reload()
+    assert "confusion/test" in winner.Tags()["images"]

@@ -32,6 +32,7 @@ def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: s
     metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
                       command=command)
     print_summary(metrics, out_dir)
+    out.print(f"curves: tensorboard --logdir {Path(out_dir) / 'tensorboard'}", markup=False, highlight=False)
 
 
 def run_compare(args: argparse.Namespace) -> None:

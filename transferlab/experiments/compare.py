@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from sklearn.metrics import confusion_matrix
 
-from ..core.config import from_dict, option, to_dict
+from ..core.config import flatten, from_dict, option, to_dict
 from ..core.errors import DamagedFileError, TransferlabError
 from ..core.io import atomic_path, ensure_free_space, read_json, write_json, write_text
 from ..core.progress import console, warn
@@ -32,6 +33,7 @@ from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
+from ..reporting.tracking import write_tensorboard
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.calibration import expected_calibration_error, fit_temperature, scale
 from ..train.config import DataConfig, TrainConfig
@@ -212,6 +214,7 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         _calibrate(out, prep, results)
         metrics = write_results(out, exp, prep, ordered(results), started, command)
         build_report(out, prep.cache)
+        _track(out, exp, prep, ordered(results), metrics["winner"])
     return broadcast(metrics)
 
 
@@ -242,6 +245,18 @@ def _calibrate(out: Path, prep: Prepared, results: list[RunResult]) -> None:
                 "ece_calibrated": expected_calibration_error(scale(test, t), y_test)}
         write_json(folder / "calibration.json", info)
         r.scores.update(info)
+
+
+def _track(out: Path, exp: Experiment, prep: Prepared, results: list[RunResult], winner: str) -> None:
+    """TensorBoard event files of every run, with the winner's test confusion matrix."""
+    seed = next(r.seed for r in results if r.strategy == winner)
+    preds = model_folder(out, winner, seed) / "test_predictions.npy"
+    classes = prep.dataset.classes
+    confusion = None
+    if preds.is_file():
+        y = prep.dataset.labels[prep.splits["test"]]
+        confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
+    write_tensorboard(out, flatten(exp), [dataclasses.asdict(r) for r in results], winner, confusion)
 
 
 def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, quiet: bool) -> Prepared:

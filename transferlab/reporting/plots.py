@@ -71,6 +71,11 @@ def plot_curves(history: list[dict[str, Any]], strategies: list[str], path: Path
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """The confusion matrix with counts, as a PNG."""
+    return save_figure(confusion_figure(cm, classes, title), path)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str) -> Figure:
     """The confusion matrix with counts."""
     n = len(classes)
     fig = Figure(figsize=(min(2 + 0.45 * n, 10), min(1.6 + 0.45 * n, 9)))
@@ -86,7 +91,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title)
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def plot_misclassified(images: list[np.ndarray], captions: list[str], path: Path) -> Path | None:
