@@ -266,3 +266,19 @@ def test_tensorboard_events_hold_every_epoch_hparams_and_the_confusion_matrix(co
         assert "phase/head/loss/train" in acc.Tags()["scalars"]
     winner = EventAccumulator(str(out / "tensorboard" / f"{m['winner']}-seed0")).Reload()
     assert "confusion/test" in winner.Tags()["images"]
+
+
+def test_report_explains_the_winner_with_grad_cam(compared):
+    from transferlab.models.saved import rebuild_model
+    from transferlab.reporting.explain import gradcam
+
+    _, out = compared
+    assert "Grad-CAM" in (out / "report.md").read_text() and (out / "plots" / "gradcam.png").is_file()
+    model, info = rebuild_model(out / "finetune" / "seed0")
+    images = np.zeros((2, 35, 35, 3), np.uint8)
+    images[0, 2:12, 2:12] = 255  # a bright square top left ...
+    images[1, 20:33, 20:33] = 255  # ... and bottom right
+    maps = gradcam(model, images, info["data_config"], np.array([0, 0]))
+    peaks = maps.max(axis=(1, 2))
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0
+    assert all(abs(p - 1) < 1e-5 or p == 0 for p in peaks)  # each map scaled to its own peak (0: no evidence)

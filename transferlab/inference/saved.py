@@ -9,14 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from ..core.errors import DamagedFileError, TransferlabError
+from ..core.errors import TransferlabError
 from ..core.io import read_json
 from ..experiments.results import model_folder, results_root
-from ..models.catalog import create_backbone
-from ..models.heads import HeadSpec, TransferModel
+from ..models.heads import TransferModel
+from ..models.saved import rebuild_model
 
 
 def _redo(folder: Path) -> str:
@@ -62,19 +59,8 @@ def load_model(run_dir: str | Path, strategy: str | None = None) -> tuple[Transf
     if (folder / "ensemble.json").is_file():
         raise TransferlabError(f"{folder} is an ensemble of several models, not one model; pick a member with "
                                f"--strategy ({', '.join(p.parent.name for p in ensemble_members(folder))})")
-    info = read_json(folder / "model.json", _redo(folder))
-    cfg = info["data_config"]
-    bb = create_backbone(info["backbone"], pretrained=False, image_size=cfg["input_size"][-1])
-    bb.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    model = TransferModel(bb, info["num_classes"], HeadSpec.from_dict(info["head"]))
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise TransferlabError(f"{weights} is missing; {_redo(folder)}")
-    try:
-        model.load_state_dict(load_file(weights))
-    except (SafetensorError, RuntimeError) as exc:
-        raise DamagedFileError(weights, str(exc).splitlines()[0], _redo(folder)) from None
+    model, info = rebuild_model(folder, _redo(folder))
     info["folder"] = str(folder)
     root = results_root(folder)
     info["run_dir"] = str(root) if root else None
-    return model.eval(), info
+    return model, info

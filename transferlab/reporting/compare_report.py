@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from ..models.saved import rebuild_model
 from ..train.calibration import reliability, scale
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
+from .explain import gradcam, plot_gradcam
 from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified, plot_reliability
 from .render import Section, render
 
@@ -94,7 +96,32 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
                                   plots / "misclassified.png")
         sections.append(Section("Misclassified test images (true → predicted)",
                                 f"{len(wrong)} of {len(y_true)} test images.", image=grid))
+    if images is not None:
+        picked = np.concatenate([wrong[:8], np.flatnonzero(y_pred == y_true)[:4]])
+        sections.append(_explanations(out / best / f"seed{seed}", images[test_idx[picked]],
+                                      [f"{classes[y_true[i]]} → {classes[y_pred[i]]}" for i in picked],
+                                      y_pred[picked], plots))
     return sections
+
+
+def _explanations(folder: Path, images: np.ndarray, captions: list[str], targets: np.ndarray,
+                  plots: Path) -> Section | None:
+    """Grad-CAM of the winner (an ensemble: its heaviest member) for its predicted classes."""
+    if (folder / "ensemble.json").is_file():
+        members = json.loads((folder / "ensemble.json").read_text())["members"]
+        folder = (folder / max(members.values(), key=lambda m: m["weight"])["folder"]).resolve()
+    if not (folder / "model.json").is_file() or not len(images):
+        return None
+    model, info = rebuild_model(folder)
+    maps = gradcam(model, np.asarray(images), info["data_config"], targets)
+    if maps is None:
+        return None
+    size = info["data_config"]["input_size"][-1]
+    grid = plot_gradcam(np.asarray(images), maps, captions, size, plots / "gradcam.png")
+    return Section(f"Where the model looked ({folder.parent.name}, Grad-CAM)",
+                   "Grad-CAM (Selvaraju et al. 2017, captum's LayerGradCam on the last layer group) for the "
+                   "predicted class: misclassified test images first (true → predicted), then a few correct ones.",
+                   image=grid)
 
 
 def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
