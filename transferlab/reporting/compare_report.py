@@ -156,6 +156,11 @@ def _how_run(manifest: dict) -> Section:
             ["versions", ", ".join(f"{k} {x}" for k, x in manifest["versions"].items())],
             ["wall time", f"{manifest['wall_seconds']['total']:.0f} s"],
             ["reproduce", manifest["command"]]]
+    procs = manifest.get("processes", {})
+    if procs.get("count", 1) > 1:
+        rows.insert(-1, ["processes", f"{procs['count']} (torchrun, {procs['mode']}-parallel"
+                         + (f"; global batch {procs['global_batch']}, {procs['batch_per_process']} per process, "
+                            "learning rates as in one process" if procs["mode"] == "data" else "") + ")"])
     return Section("How this was run", "", rows)
 
 
