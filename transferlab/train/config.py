@@ -44,12 +44,12 @@ class ScheduleConfig:
     views: int = option(3, "cached augmented views per image for phases with a frozen prefix", minimum=1)
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
-    head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (default: "
-                                           "finetune 1; chain-thaw and gradual as the features strategy, "
-                                           "60, early-stopped)", minimum=1)
-    body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 30)", minimum=1)
+    head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "
+                                           "chain-thaw, gradual; default: as the features strategy, 60, "
+                                           "early-stopped)", minimum=1)
+    body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
     body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
-                                             "(default 5)", minimum=1)
+                                             "(default 3)", minimum=1)
     class_weights: str = option("none", "auto: weight each class's loss by n / (k * n_c) of the training split "
                                         "(imbalanced data; the probe uses class_weight='balanced')",
                                 choices=("none", "auto"))
@@ -57,9 +57,8 @@ class ScheduleConfig:
                                              "(default: none)", minimum=1)
     equal_compute: bool = option(True, "in a compare, scratch trains for at most the time of the slowest "
                                        "pretrained strategy of the same seed")
-    body_bn: str | None = option(None, "BatchNorm of a thawed pretrained body: frozen statistics, or train "
-                                           "(batch statistics, updated); default: finetune train, chain-thaw "
-                                           "and gradual frozen", choices=("frozen", "train"))
+    body_bn: str = option("frozen", "BatchNorm of a thawed pretrained body: frozen statistics, or train "
+                                    "(batch statistics, updated)", choices=("frozen", "train"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,5 @@ class TrainConfig:
         s = self.schedule
         given = {k: getattr(s, k) for k in ("body_epochs", "body_patience") if getattr(s, k)}
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
-                               body_bn_train=None if s.body_bn is None else s.body_bn == "train",
-                               warmup_epochs=s.head_epochs,
+                               body_bn_train=s.body_bn == "train", warmup_epochs=s.head_epochs,
                                balanced=s.class_weights == "auto", **given).scaled(s.max_epochs, s.patience)
