@@ -11,7 +11,8 @@ import numpy as np
 
 from ..core.errors import DataError
 from ..core.registry import Registry
-from .datasets import ImageDataset, label_hash, load_csv, load_folder
+from .datasets import ImageDataset, label_hash, load_folder
+from .labelfile import load_csv
 from .splits import per_class_subset
 
 BUILTINS: Registry[Callable[..., ImageDataset]] = Registry("dataset", DataError)

@@ -174,14 +174,14 @@ def files_dataset(name: str, root: Path, entries: list[tuple[Path, str, str | No
                         skipped=sorted(bad.items()), fingerprint=label_hash(fingerprint, labels, ",".join(classes)))
 
 
-def _check_classes(classes: list[str], where: Path) -> None:
+def check_classes(classes: list[str], where: Path) -> None:
     if len(classes) < 2:
         found = f"only the class {classes[0]!r}" if classes else "no class folders"
         raise DataError(f"{where} has {found}; classification needs at least two class folders, "
                         "one per class, each holding that class's images")
 
 
-def _check_same_classes(per_split: dict[str | None, set[str]], layout: dict[str | None, Path]) -> None:
+def check_same_classes(per_split: dict[str | None, set[str]], layout: dict[str | None, Path]) -> None:
     """Every split folder must hold the same class folders: a class missing from val/ or test/ makes
     its accuracy meaningless, and one missing from train/ can never be predicted."""
     every = set().union(*per_split.values())
@@ -223,59 +223,10 @@ def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
             entries += [(f, d.name, split) for f in files]
             classes.add(d.name)
             per_split.setdefault(split, set()).add(d.name)
-    _check_same_classes(per_split, layout)
+    check_same_classes(per_split, layout)
     ordered = sorted(classes)
-    _check_classes(ordered, root)
+    check_classes(ordered, root)
     if split_dirs and "train" not in split_dirs:
         raise DataError(f"{root} has {', '.join(split_dirs)} but no train/ folder")
     return files_dataset(str(root), root, entries, ordered, strict)
 
-
-# ---------------------------------------------------------------------------------------------
-# A CSV of labels
-
-
-def _csv_entry(path: Path, line: int, row: dict[str, str]) -> tuple[Path, str, str | None]:
-    """(image file, class, split or None) of one CSV row, checked."""
-    file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-    split = (row.get("split") or "").strip().lower() or None
-    if not file or not label:
-        raise DataError(f"{path}, line {line}: empty path or label")
-    if split is not None and split not in SPLIT_NAMES:
-        raise DataError(f"{path}, line {line}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
-    image = (path.parent / file).resolve()
-    if not image.is_file():
-        raise DataError(f"{path}, line {line}: {image} does not exist (paths are relative to the CSV's folder)")
-    return image, label, split
-
-
-def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
-    """Images listed in a CSV with ``path`` and ``label`` columns (paths relative to the CSV's folder)
-    and an optional ``split`` column (train, val or test; empty: to be split)."""
-    import csv
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path} does not exist. {DATA_HELP}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable CSV file ({exc})") from None
-    columns = set(rows[0]) if rows else set()
-    if not {"path", "label"} <= columns:
-        raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
-                        f"found {', '.join(sorted(c for c in columns if c)) or 'no rows'}")
-    root = path.parent
-    entries = [_csv_entry(path, line, row) for line, row in enumerate(rows, start=2)]
-    classes = sorted({e[1] for e in entries})
-    _check_classes(classes, path)
-    given = {s for _, _, s in entries}
-    if given - {None} and None in given:
-        raise DataError(f"{path}: some rows have a split and others do not; give every row one, or none")
-    if given - {None}:
-        _check_same_classes({s: {c for _, c, t in entries if t == s} for s in given},
-                            {s: Path(f"{path} (split {s})") for s in given})
-        if "train" not in given:
-            raise DataError(f"{path} has splits {', '.join(sorted(given))} but no train rows")
-    return files_dataset(str(path), root, entries, classes, strict)

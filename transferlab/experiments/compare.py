@@ -22,25 +22,22 @@ from typing import Any
 
 import numpy as np
 import yaml
-from sklearn.metrics import confusion_matrix
 
 from ..core.config import flatten, from_dict, option, to_dict
 from ..core.errors import DamagedFileError, TransferlabError
-from ..core.io import atomic_path, ensure_free_space, read_json, write_json, write_text
+from ..core.io import atomic_path, ensure_free_space, read_json, write_text
 from ..core.progress import console, warn
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
-from ..reporting.tracking import write_tensorboard
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
-from ..train.calibration import expected_calibration_error, fit_temperature, scale
 from ..train.config import DataConfig, TrainConfig
-from ..train.run import Prepared, RunResult, prepare, save_predictions, train_one
-from ..train.scores import classification_scores
+from ..train.run import Prepared, RunResult, prepare, train_one
 from ..train.strategies import build_strategy, list_strategies
-from .ensemble import ENSEMBLE, fit_ensemble
+from .ensemble import ENSEMBLE
+from .postrun import calibrate_runs, ensemble_run, track_runs
 from .results import check_out_folder, main_holds, model_folder, write_results
 
 DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
@@ -209,12 +206,12 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         if main:
             metrics = write_results(out, exp, prep, results, started, command)
     if main and ENSEMBLE in plan.strategies:
-        results += [r for seed in range(plan.seeds) for r in _ensemble_run(out, prep, seed, results, quiet)]
+        results += [r for seed in range(plan.seeds) for r in ensemble_run(out, prep, seed, results, quiet)]
     if main:
-        _calibrate(out, prep, results)
+        calibrate_runs(out, prep, results)
         metrics = write_results(out, exp, prep, ordered(results), started, command)
         build_report(out, prep.cache)
-        _track(out, exp, prep, ordered(results), metrics["winner"])
+        track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"])
     return broadcast(metrics)
 
 
@@ -230,35 +227,6 @@ def _resolve_parallel(exp: Experiment) -> Experiment:
     return dataclasses.replace(exp, train=train)
 
 
-def _calibrate(out: Path, prep: Prepared, results: list[RunResult]) -> None:
-    """Temperature scaling for every run, fitted on its validation probabilities (calibration.json in
-    its folder, read by predict); the test ECE before and after goes into its scores."""
-    labels = prep.dataset.labels
-    y_val, y_test = labels[prep.splits["val"]], labels[prep.splits["test"]]
-    for r in results:
-        folder = model_folder(out, r.strategy, r.seed)
-        if not (folder / "val_probs.npy").is_file() or not (folder / "test_probs.npy").is_file():
-            continue
-        t = fit_temperature(np.load(folder / "val_probs.npy"), y_val)
-        test = np.load(folder / "test_probs.npy")
-        info = {"temperature": round(t, 4), "ece": expected_calibration_error(test, y_test),
-                "ece_calibrated": expected_calibration_error(scale(test, t), y_test)}
-        write_json(folder / "calibration.json", info)
-        r.scores.update(info)
-
-
-def _track(out: Path, exp: Experiment, prep: Prepared, results: list[RunResult], winner: str) -> None:
-    """TensorBoard event files of every run, with the winner's test confusion matrix."""
-    seed = next(r.seed for r in results if r.strategy == winner)
-    preds = model_folder(out, winner, seed) / "test_predictions.npy"
-    classes = prep.dataset.classes
-    confusion = None
-    if preds.is_file():
-        y = prep.dataset.labels[prep.splits["test"]]
-        confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
-    write_tensorboard(out, flatten(exp), [dataclasses.asdict(r) for r in results], winner, confusion)
-
-
 def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, quiet: bool) -> Prepared:
     """config.yaml and splits.npz (rank 0), and the prepared data (every process; the image cache is
     built by the first and waited for by the others)."""
@@ -269,30 +237,6 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
         with atomic_path(out / "splits.npz") as tmp:
             np.savez(tmp, labels=ds.labels, **splits)
     return prep
-
-
-def _ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], quiet: bool) -> list[RunResult]:
-    """The ensemble of this seed's runs (experiments.ensemble), written like a run's folder."""
-    if not quiet:
-        console.print(f"[bold]{ENSEMBLE}[/bold] seed {seed}")
-    members = {r.strategy: model_folder(out, r.strategy, seed) for r in done if r.seed == seed}
-    labels = prep.dataset.labels
-    fit = fit_ensemble(members, labels[prep.splits["val"]], labels[prep.splits["test"]], seed)
-    if fit is None:
-        warn(f"{ENSEMBLE} seed {seed}: fewer than two runs saved their probabilities (made by an older version?); "
-             "left out")
-        return []
-    folder = model_folder(out, ENSEMBLE, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "ensemble.json", {"members": {n: {"folder": f"../../{n}/seed{seed}", "weight": w}
-                                                      for n, w in fit.weights.items()}})
-    save_predictions(folder, fit.test_probs, fit.val_probs)
-    seconds = sum(r.seconds for r in done if r.seed == seed and r.strategy in fit.weights)
-    result = RunResult(ENSEMBLE, seed, fit.test_acc, fit.val_acc, fit.test_loss, 0, seconds,
-                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}},
-                       scores=classification_scores(fit.test_probs, labels[prep.splits["test"]], prep.dataset.classes))
-    write_json(folder / "result.json", dataclasses.asdict(result))
-    return [result]
 
 
 def _pretrained(strategy: str, config: TrainConfig) -> bool:

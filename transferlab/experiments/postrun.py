@@ -1,0 +1,74 @@
+"""What a compare does once its runs are trained: the ensemble of each seed's runs, temperature
+scaling of every run, and the TensorBoard records. Each reads the runs' saved probabilities, so it
+can be redone on resume at no training cost."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from ..core.io import write_json
+from ..core.progress import console, warn
+from ..reporting.tracking import write_tensorboard
+from ..train.calibration import expected_calibration_error, fit_temperature, scale
+from ..train.run import Prepared, RunResult, save_predictions
+from ..train.scores import classification_scores
+from .ensemble import ENSEMBLE, fit_ensemble
+from .results import model_folder
+
+
+def ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], quiet: bool) -> list[RunResult]:
+    """The ensemble of this seed's runs (experiments.ensemble), written like a run's folder."""
+    if not quiet:
+        console.print(f"[bold]{ENSEMBLE}[/bold] seed {seed}")
+    members = {r.strategy: model_folder(out, r.strategy, seed) for r in done if r.seed == seed}
+    labels = prep.dataset.labels
+    fit = fit_ensemble(members, labels[prep.splits["val"]], labels[prep.splits["test"]], seed)
+    if fit is None:
+        warn(f"{ENSEMBLE} seed {seed}: fewer than two runs saved their probabilities (made by an older version?); "
+             "left out")
+        return []
+    folder = model_folder(out, ENSEMBLE, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "ensemble.json", {"members": {n: {"folder": f"../../{n}/seed{seed}", "weight": w}
+                                                      for n, w in fit.weights.items()}})
+    save_predictions(folder, fit.test_probs, fit.val_probs)
+    seconds = sum(r.seconds for r in done if r.seed == seed and r.strategy in fit.weights)
+    result = RunResult(ENSEMBLE, seed, fit.test_acc, fit.val_acc, fit.test_loss, 0, seconds,
+                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}},
+                       scores=classification_scores(fit.test_probs, labels[prep.splits["test"]], prep.dataset.classes))
+    write_json(folder / "result.json", dataclasses.asdict(result))
+    return [result]
+
+
+def calibrate_runs(out: Path, prep: Prepared, results: list[RunResult]) -> None:
+    """Temperature scaling for every run, fitted on its validation probabilities (calibration.json in
+    its folder, read by predict); the test ECE before and after goes into its scores."""
+    labels = prep.dataset.labels
+    y_val, y_test = labels[prep.splits["val"]], labels[prep.splits["test"]]
+    for r in results:
+        folder = model_folder(out, r.strategy, r.seed)
+        if not (folder / "val_probs.npy").is_file() or not (folder / "test_probs.npy").is_file():
+            continue
+        t = fit_temperature(np.load(folder / "val_probs.npy"), y_val)
+        test = np.load(folder / "test_probs.npy")
+        info = {"temperature": round(t, 4), "ece": expected_calibration_error(test, y_test),
+                "ece_calibrated": expected_calibration_error(scale(test, t), y_test)}
+        write_json(folder / "calibration.json", info)
+        r.scores.update(info)
+
+
+def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: list[RunResult], winner: str) -> None:
+    """TensorBoard event files of every run, with the winner's test confusion matrix."""
+    seed = next(r.seed for r in results if r.strategy == winner)
+    preds = model_folder(out, winner, seed) / "test_predictions.npy"
+    classes = prep.dataset.classes
+    confusion = None
+    if preds.is_file():
+        y = prep.dataset.labels[prep.splits["test"]]
+        confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
+    write_tensorboard(out, settings, [dataclasses.asdict(r) for r in results], winner, confusion)
