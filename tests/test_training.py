@@ -261,3 +261,35 @@ def test_class_weights_raise_balanced_accuracy_on_a_10_to_1_set():
     config = TrainConfig(schedule=ScheduleConfig(class_weights="auto"))
     for name in ("features", "probe", "finetune", "chain-thaw", "scratch"):
         assert all(p.method.balanced for p in build_strategy(name, ["a", "b"], config.strategy_options()).phases)
+
+
+def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path, monkeypatch):
+    x, y = imbalanced(0)
+    xt, yt = imbalanced(1)
+    empty = Backbone("none", GroupedNet({}, torch.nn.Identity(), torch.nn.Identity(), 8), {}, [], 8)
+    scores = {}
+    for balanced in (False, True):
+        torch.manual_seed(0)
+        model = TransferModel(empty, 2, HeadSpec(hidden=()))
+        train = TensorBatches(x[None], y, level=1)
+        train.balanced = balanced
+        phase = Phase("head", ("head",), Gradient(lr=0.02, max_epochs=30, patience=30))
+        fit_phase(model, phase, train, TensorBatches(x[None], y, level=1), PhaseContext(CPU, quiet=True))
+        with torch.no_grad():
+            scores[balanced] = balanced_accuracy(model(xt, level=1).argmax(1), yt)
+    assert scores[True] > scores[False] + 0.1
+    # Each epoch draws as many examples as there are, about as many of each class.
+    from transferlab.train.batches import epoch_order
+    order = epoch_order(len(y), torch.Generator().manual_seed(0), y)
+    assert len(order) == len(y) and 0.4 < float(y[order].float().mean()) < 0.6
+    # The option reaches the training batches of a real run.
+    from transferlab.train import batches
+    sampled = []
+    monkeypatch.setattr(batches, "epoch_order", lambda n, g, labels=None: sampled.append(labels is not None)
+                        or epoch_order(n, g, labels))
+    data = make_class_folders(tmp_path / "data", n_per_class=6, n_classes=2)
+    config = TrainConfig(ModelConfig(backbone="test_tiny"), ScheduleConfig(max_epochs=2, balanced_sampler=True))
+    ds = load_dataset(str(data))
+    prep = prepare(ds, make_splits(ds), config, quiet=True)
+    train_one(prep, config, "finetune", 0, tmp_path / "r", quiet=True)
+    assert any(sampled) and not all(sampled)  # balanced while training, in order while evaluating

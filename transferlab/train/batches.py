@@ -20,6 +20,7 @@ class Batches(Protocol):
 
     level: int
     labels: torch.Tensor  # one per example, on the device
+    balanced: bool  # training order from the balanced sampler (epoch_order)
 
     def __len__(self) -> int: ...
 
@@ -29,10 +30,23 @@ class Batches(Protocol):
         ...
 
 
+def epoch_order(n: int, generator: torch.Generator | None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The examples of one epoch: in order without a generator; shuffled with one; with ``labels``
+    (a balanced sampler) ``n`` draws with replacement, each class equally likely."""
+    if generator is None:
+        return torch.arange(n)
+    if labels is None:
+        return torch.randperm(n, generator=generator)
+    y = labels.cpu()
+    weights = (1.0 / torch.bincount(y).double())[y]
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
 class ImageBatches:
     """Images from the image store: random crops + flips when training, centre crops otherwise."""
 
     level = 0
+    balanced = False  # training order from the balanced sampler (epoch_order)
 
     def __init__(self, images: ImageStore, indices: np.ndarray, labels: np.ndarray, data_config: dict,
                  batch_size: int = 32, augment: bool = True):
@@ -44,7 +58,7 @@ class ImageBatches:
         return len(self.indices)
 
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        order = epoch_order(len(self), generator, self.labels if self.balanced else None)
         labels = self.labels[to_device(order, self.labels.device)]  # one copy per epoch, not per batch
         starts = range(0, len(self), self.batch_size)
         chunks = [self.indices[order[s:s + self.batch_size].numpy()] for s in starts]
@@ -63,6 +77,7 @@ class TensorBatches:
         # tensors: (views, N, ...), on the device the model runs on
         self.tensors, self.level, self.batch_size = tensors, level, batch_size
         self.labels = labels.to(tensors.device)
+        self.balanced = False  # training order from the balanced sampler (epoch_order)
 
     def __len__(self) -> int:
         return self.tensors.shape[1]
@@ -76,7 +91,7 @@ class TensorBatches:
         if generator is None:
             order, view = torch.arange(n), torch.zeros(n, dtype=torch.long)
         else:
-            order = torch.randperm(n, generator=generator)
+            order = epoch_order(n, generator, self.labels if self.balanced else None)
             view = torch.randint(self.views, (n,), generator=generator)
         order, view = to_device(order, device), to_device(view, device)
         for start in range(0, n, self.batch_size):

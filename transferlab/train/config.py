@@ -53,6 +53,8 @@ class ScheduleConfig:
     class_weights: str = option("none", "auto: weight each class's loss by n / (k * n_c) of the training split "
                                         "(imbalanced data; the probe uses class_weight='balanced')",
                                 choices=("none", "auto"))
+    balanced_sampler: bool = option(False, "draw each epoch's training examples with replacement, every class "
+                                           "equally likely (imbalanced data)")
     time_budget: float | None = option(None, "seconds of training per run after which no new epoch starts "
                                              "(default: none)", minimum=1)
     equal_compute: bool = option(True, "in a compare, scratch trains for at most the time of the slowest "

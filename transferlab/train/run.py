@@ -133,6 +133,7 @@ class PhaseInputs:
             train = self.batches(splits["train"], level, views, pristine, train=True)
             val = self.batches(splits["val"], level, 1, pristine)
         self.prefix = (train, val) if 0 < level < self.model.pooled_level else None
+        train.balanced = schedule.balanced_sampler
         return train, val
 
     def after_phase(self, phase: Phase) -> None:
