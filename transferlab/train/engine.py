@@ -110,12 +110,16 @@ def folded(model: nn.Module, data: Batches, precision: Precision) -> contextlib.
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32) and labels for every example of ``data``, in order, on the device."""
+def _logits(model: nn.Module, data: Batches, precision: Precision,
+            shard: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels for every example of ``data``, in order, on the device; with
+    ``shard``, only this process's rows of every batch (``distributed.shard``)."""
     model.eval()
     outs, ys = [], []
     with folded(model, data, precision):
         for x, y in data.batches(None):
+            if shard:
+                x, y = distributed.shard(x), distributed.shard(y)
             with precision.autocast():
                 outs.append(model(precision.to_input(x), level=data.level).float())
             ys.append(y.to(precision.device))
@@ -128,11 +132,18 @@ def predict_logits(model: nn.Module, data: Batches, precision: Precision) -> tup
     return logits.cpu(), y.cpu()
 
 
-def evaluate(model: nn.Module, data: Batches, precision: Precision) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on ``data`` (computed on the device: one transfer at the end)."""
-    logits, y = _logits(model, data, precision)
-    both = torch.stack([F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()]).tolist()
-    return both[0], both[1]
+def evaluate(model: nn.Module, data: Batches, precision: Precision,
+             data_parallel: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on ``data`` (computed on the device: one transfer at the end).
+    With ``data_parallel`` each process of a torchrun job scores its share of the examples and the
+    sums are added up, so every process gets the same numbers for a fraction of the work."""
+    logits, y = _logits(model, data, precision, shard=data_parallel)
+    sums = torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum().float(),
+                        torch.tensor(float(len(y)), device=logits.device)]).double()
+    if data_parallel:
+        sums = distributed.all_sum(sums)
+    loss, correct, n = sums.tolist()
+    return loss / max(n, 1), correct / max(n, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +266,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     else:
         # The starting weights are a candidate too: a step that only makes validation worse
         # (common in chain-thaw) is undone rather than passed on to the next step.
-        val_loss, val_acc = evaluate(model, val, ctx.precision)
+        val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
         state = PhaseState(best_val_loss=val_loss, best_val_acc=val_acc, best_epoch=0,
                            best_state=_trainable_state(model))
     saved = time.perf_counter()
@@ -278,7 +289,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
                                       ctx.data_parallel, weights)
             if ctx.data_parallel:
                 distributed.sync_buffers(model)
-            val_loss, val_acc = evaluate(model, val, ctx.precision)
+            val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
             _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,
                                    "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0})
             bar.advance(info=f"train {train_loss:.3f}  val {val_loss:.3f}  acc {val_acc:.1%}")
