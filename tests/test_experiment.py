@@ -124,13 +124,32 @@ def test_scratch_gets_the_time_of_the_slowest_pretrained_strategy(class_folders,
     assert "budget_s" not in runs["features"]["details"]
 
 
-def test_a_time_budget_stops_training_between_epochs(class_folders, tmp_path):
+def test_a_time_budget_stops_training_between_epochs(class_folders, tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    from transferlab.models import Backbone, GroupedNet, HeadSpec, TransferModel
+    from transferlab.runtime import Precision
+    from transferlab.train import engine
+    from transferlab.train.batches import TensorBatches
+    from transferlab.train.strategies import Gradient, Phase
+
+    # The engine: a deadline that has passed stops the phase before its next epoch.
+    empty = Backbone("none", GroupedNet({}, torch.nn.Identity(), torch.nn.Identity(), 4), {}, [], 4)
+    model = TransferModel(empty, 2, HeadSpec(hidden=()))
+    data = TensorBatches(torch.randn(1, 16, 4), torch.arange(16) % 2, level=1)
+    result = engine.fit_phase(model, Phase("head", ("head",), Gradient(max_epochs=50)), data, data,
+                              engine.PhaseContext(Precision.choose("cpu"), quiet=True, deadline=time.perf_counter()))
+    assert result.budget_cut and result.history == []
+    # The command line: --time-budget reaches the run, and a run it cuts is marked in the results and
+    # the report (the clock is made to run out at once, so that the test does not depend on speed).
+    monkeypatch.setattr(engine, "_past", lambda ctx: True)
     out = tmp_path / "out"
     assert main(["compare", "--data", str(class_folders), "--backbone", "test_tiny", "--strategies", "scratch",
-                 "--max-epochs", "100000", "--patience", "100000", "--time-budget", "2", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--time-budget", "30", "--out", str(out), "--quiet"]) == 0
     run = json.loads((out / "metrics.json").read_text())["runs"][0]
-    assert run["details"]["budget_cut"] == "all" and 1 <= run["epochs"] < 100000
+    assert run["details"]["budget_s"] == 30 and run["details"]["budget_cut"] == "all" and run["epochs"] == 0
     assert "time budget" in (out / "report.md").read_text()
 
 
