@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategies import naive_loaders  # noqa: E402  (the textbook loop's data path)
+from strategies import naive_epoch, naive_loaders  # noqa: E402  (the textbook loop)
 
 from transferlab.data import load_dataset, make_splits, stratified_split  # noqa: E402
 from transferlab.models import TransferModel, backbone_spec, create_backbone  # noqa: E402
@@ -134,12 +134,7 @@ def naive_epochs(ds, splits, data_config, device: str, workers: int, epochs: int
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         t = time.perf_counter()
-        for x, y in train:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        naive_epoch(model, train, opt, device)
         sync(torch.device(device))
         out.append(time.perf_counter() - t)
     return out

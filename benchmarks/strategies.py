@@ -92,6 +92,16 @@ def naive_eval(model, loader, device="cpu"):
     return losses / n, correct / n
 
 
+def naive_epoch(model, loader, opt, device="cpu") -> None:
+    """One textbook training epoch: batches to the device, forward, loss, backward, step."""
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0, device="cpu", workers=0):
     """The textbook loop, phase by phase; returns test accuracy, epochs, seconds, per-epoch times."""
     t0 = time.perf_counter()
@@ -115,12 +125,7 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0, device="cp
         for _ in range(method.max_epochs):
             te = time.perf_counter()
             set_train_mode(model, frozen, True, method.bn_eval)
-            for x, y in train:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            naive_epoch(model, train, opt, device)
             val_loss, _ = naive_eval(model, val, device)
             epoch_times.setdefault(phase.name, []).append(time.perf_counter() - te)
             epochs += 1

@@ -53,8 +53,9 @@ def run_data(args: argparse.Namespace) -> None:
     for f, r in ds.skipped:
         out.print(f"  {f}: {r}", markup=False, highlight=False)
     out.print(f"fingerprint: {ds.fingerprint}")
-    if ds.imbalance_warning():
-        warn(ds.imbalance_warning())
+    imbalance = ds.imbalance_warning()
+    if imbalance:
+        warn(imbalance)
 
 
 def _print_benchmark(res: dict, args: argparse.Namespace) -> None:

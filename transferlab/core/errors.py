@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints their message alone, without a traceback."""
 
+import errno
+
 
 class TransferlabError(Exception):
     """Base class: a problem with the user's input or environment, explained in the message."""
@@ -41,8 +43,6 @@ _OS_ADVICE = {
 
 def explain_os_error(exc: OSError, hint: str = "") -> TransferlabError:
     """A one-line error for an ``OSError``: what failed, on which file, and what to do."""
-    import errno
-
     name = errno.errorcode.get(exc.errno or 0, "")
     what = _OS_ADVICE.get(name, exc.strerror or str(exc))
     files = " -> ".join(str(f) for f in (exc.filename, getattr(exc, "filename2", None)) if f)

@@ -154,8 +154,9 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     # Everything that can fail on the user's input fails before the folder is touched.
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
-    if ds.imbalance_warning() and config.schedule.class_weights == "none" and is_main():
-        warn(ds.imbalance_warning())
+    imbalance = ds.imbalance_warning()
+    if imbalance and config.schedule.class_weights == "none" and is_main():
+        warn(imbalance)
     splits = make_splits(ds, seed=data.split_seed)
     def checks() -> None:
         if resume:
@@ -170,7 +171,7 @@ def _waves(plan: CompareConfig, config: TrainConfig) -> list[list[str]]:
     others (scratch under equal compute) wait for the first wave. Within a wave, runs are
     independent (spread over the processes of a torchrun job)."""
     trained = [s for s in plan.strategies if s != ENSEMBLE]
-    if not config.schedule.equal_compute or config.schedule.time_budget is not None:
+    if not _equal_compute(config):
         return [trained]
     first = [s for s in trained if _pretrained(s, config)]
     return [w for w in (first, [s for s in trained if s not in first]) if w]
@@ -239,6 +240,11 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
     return prep
 
 
+def _equal_compute(config: TrainConfig) -> bool:
+    """Whether scratch is timed against the pretrained strategies (on, unless a budget is given)."""
+    return config.schedule.equal_compute and config.schedule.time_budget is None
+
+
 def _pretrained(strategy: str, config: TrainConfig) -> bool:
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     return build_strategy(strategy, spec.groups, config.strategy_options()).pretrained
@@ -248,7 +254,7 @@ def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], confi
     """Scratch's time budget: the run time of the slowest pretrained strategy with the same seed (an
     equal-compute comparison; on a CPU scratch would otherwise take longer than all the others
     together); None (no limit) when no pretrained run was trained, or when a budget is given."""
-    if not config.schedule.equal_compute or config.schedule.time_budget is not None or _pretrained(strategy, config):
+    if not _equal_compute(config) or _pretrained(strategy, config):
         return None
     times = [r.seconds for r in done if r.seed == seed and r.strategy != ENSEMBLE and _pretrained(r.strategy, config)]
     return max(times) if times else None
