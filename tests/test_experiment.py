@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def compared(tmp_path_factory):
     out = root / "out"
     code = main(["compare", "--data", str(data), "--backbone", "test_tiny", "--strategies", "features,finetune",
                  "--seeds", "2", "--out", str(out), "--max-epochs", "6", "--views", "2", "--batch-size", "8",
-                 "--quiet"])
+                 "--quiet", "--mlflow"])
     assert code == 0
     return data, out
 
@@ -285,6 +286,54 @@ def test_tensorboard_events_hold_every_epoch_hparams_and_the_confusion_matrix(co
         assert "phase/head/loss/train" in acc.Tags()["scalars"]
     winner = EventAccumulator(str(out / "tensorboard" / f"{m['winner']}-seed0")).Reload()
     assert "confusion/test" in winner.Tags()["images"]
+
+
+def _mlflow_runs(out):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("transferlab")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_mlflow_logs_each_run_with_its_epochs_scores_and_the_report(compared):
+    _, out = compared
+    m = json.loads((out / "metrics.json").read_text())
+    history = list(csv.DictReader((out / "history.csv").open()))
+    client, runs = _mlflow_runs(out)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert len(parents) == 1 and len(children) == len(m["runs"]) == 4
+    for run in m["runs"]:
+        logged = children[f"{run['strategy']}-seed{run['seed']}"]
+        assert logged.data.metrics["test_acc"] == pytest.approx(run["test_acc"])
+        assert logged.data.metrics["test_macro_f1"] == pytest.approx(run["scores"]["macro_f1"])
+        assert logged.data.params["strategy"] == run["strategy"] and logged.data.params["backbone"] == "test_tiny"
+        epochs = [float(h["val_acc"]) for h in history
+                  if h["strategy"] == run["strategy"] and int(h["seed"]) == run["seed"]]
+        assert [x.value for x in client.get_metric_history(logged.info.run_id, "val_acc")] == pytest.approx(epochs)
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"report.html", "metrics.json",
+                                                                               "config.yaml"}
+    winner = children[f"{m['winner']}-seed0"]
+    assert [a.path for a in client.list_artifacts(winner.info.run_id)] == ["confusion_test.png"]
+
+
+def test_mlflow_resume_replaces_the_runs_and_a_bad_store_fails_before_training(tmp_path, capsys, monkeypatch):
+    data = make_class_folders(tmp_path / "data", n_per_class=6, n_classes=2)
+    out = tmp_path / "out"
+    args = ["compare", "--data", str(data), "--backbone", "test_tiny", "--strategies", "probe", "--out", str(out),
+            "--quiet", "--mlflow"]
+    assert main(args) == 0 and main([*args, "--resume"]) == 0
+    assert len(_mlflow_runs(out)[1]) == 2  # the compare and its one run, not twice
+    capsys.readouterr()
+
+    bad = tmp_path / "bad"
+    assert main([*args[:-3], str(bad), "--quiet", "--mlflow", "nosuchscheme://x"]) == 2
+    assert "--mlflow nosuchscheme://x" in capsys.readouterr().err and not (bad / "config.yaml").exists()
+
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # as if MLflow were not installed
+    assert main([*args[:-3], str(bad), "--quiet", "--mlflow"]) == 2
+    assert "pip install 'transferlab[mlflow]'" in capsys.readouterr().err and not (bad / "config.yaml").exists()
 
 
 def test_report_explains_the_winner_with_grad_cam(compared):

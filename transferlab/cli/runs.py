@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..core.config import flatten
 from ..experiments.compare import CompareConfig, compare, load_experiment
+from ..reporting.mlflow_log import DEFAULT as MLFLOW_DEFAULT
+from ..reporting.mlflow_log import store_uri
 from ..runtime.distributed import broadcast
 from ..train.config import DataConfig, TrainConfig
 from ..train.strategies import list_strategies
@@ -24,15 +26,23 @@ def _add_run_options(p: argparse.ArgumentParser, defaults: dict | None = None, s
     add_config_options(p, CompareConfig, defaults, skip=skip)
     p.add_argument("--config", help="take the settings from a results directory's config.yaml "
                                     "(options given here override them)")
+    p.add_argument("--mlflow", nargs="?", const=MLFLOW_DEFAULT, default=None, metavar="URI",
+                   help="also log the runs to MLflow: a tracking URI, or nothing for a local store in --out "
+                        "(needs pip install 'transferlab[mlflow]')")
 
 
 def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: str = "") -> None:
     out_dir = broadcast(out_dir)  # a numbered default is picked once, by rank 0 of a torchrun job
     data = config_from_args(DataConfig, args)
     metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
-                      command=command)
+                      command=command, mlflow=args.mlflow)
     print_summary(metrics, out_dir)
     out.print(f"curves: tensorboard --logdir {Path(out_dir) / 'tensorboard'}", markup=False, highlight=False)
+    if args.mlflow:
+        uri = store_uri(Path(out_dir), args.mlflow)
+        local = uri.startswith(("sqlite:", "file:", "/"))
+        out.print(f"mlflow: mlflow ui --backend-store-uri {uri}" if local else f"mlflow: logged to {uri}",
+                  markup=False, highlight=False)
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from ..data.datasets import ImageDataset
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
+from ..reporting.mlflow_log import check_store
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, train_one
@@ -130,7 +131,7 @@ def _results_bytes(plan: CompareConfig, params_m: float | None) -> int:
 
 
 def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: CompareConfig = CompareConfig(), *,
-            resume: bool = False, quiet: bool = False, command: str = "") -> dict[str, Any]:
+            resume: bool = False, quiet: bool = False, command: str = "", mlflow: str | None = None) -> dict[str, Any]:
     """Train every strategy of ``plan`` for every seed on the same splits; write the results directory.
 
     Args:
@@ -140,6 +141,7 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
         plan: the strategies and the number of seeds.
         resume: continue an interrupted comparison in ``out`` (finished runs are skipped).
         command: the command line to record (default: this process's).
+        mlflow: also log the runs to this MLflow tracking URI ("default": a local store in ``out``).
     Returns:
         The content of metrics.json.
     """
@@ -162,8 +164,11 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
         if resume:
             _check_same_data(out, ds, splits)
         ensure_free_space(out, _results_bytes(plan, spec.meta.get("params_m")), "the results", "choose another --out")
+        if mlflow:
+            check_store(out, mlflow)
     with main_holds(out, data.source, "a comparison", checks):
-        return _run_plan(exp, ds, splits, out, resume, quiet, command or " ".join(["transferlab", *sys.argv[1:]]))
+        return _run_plan(exp, ds, splits, out, resume, quiet, command or " ".join(["transferlab", *sys.argv[1:]]),
+                         mlflow)
 
 
 def _waves(plan: CompareConfig, config: TrainConfig) -> list[list[str]]:
@@ -178,7 +183,7 @@ def _waves(plan: CompareConfig, config: TrainConfig) -> list[list[str]]:
 
 
 def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out: Path, resume: bool,
-              quiet: bool, command: str) -> dict[str, Any]:
+              quiet: bool, command: str, mlflow: str | None = None) -> dict[str, Any]:
     """Every run of the plan; under torchrun each process trains its share of every wave (one run per
     process at a time), rank 0 gathers the results and alone writes the shared files."""
     plan, main = exp.compare, is_main()
@@ -212,7 +217,7 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         calibrate_runs(out, prep, results)
         metrics = write_results(out, exp, prep, ordered(results), started, command)
         build_report(out, prep.cache)
-        track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"])
+        track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"], mlflow)
     return broadcast(metrics)
 
 

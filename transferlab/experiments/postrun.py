@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix
 
 from ..core.io import write_json
 from ..core.progress import console, warn
+from ..reporting.mlflow_log import write_mlflow
 from ..reporting.tracking import write_tensorboard
 from ..train.calibration import expected_calibration_error, fit_temperature, scale
 from ..train.run import Prepared, RunResult, save_predictions
@@ -62,8 +63,10 @@ def calibrate_runs(out: Path, prep: Prepared, results: list[RunResult]) -> None:
         r.scores.update(info)
 
 
-def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: list[RunResult], winner: str) -> None:
-    """TensorBoard event files of every run, with the winner's test confusion matrix."""
+def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: list[RunResult], winner: str,
+               mlflow: str | None = None) -> None:
+    """TensorBoard event files of every run, with the winner's test confusion matrix (and the same
+    in MLflow when ``mlflow`` names a store)."""
     seed = next(r.seed for r in results if r.strategy == winner)
     preds = model_folder(out, winner, seed) / "test_predictions.npy"
     classes = prep.dataset.classes
@@ -71,4 +74,7 @@ def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: lis
     if preds.is_file():
         y = prep.dataset.labels[prep.splits["test"]]
         confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
-    write_tensorboard(out, settings, [dataclasses.asdict(r) for r in results], winner, confusion)
+    runs = [dataclasses.asdict(r) for r in results]
+    write_tensorboard(out, settings, runs, winner, confusion)
+    if mlflow:
+        write_mlflow(out, mlflow, settings, runs, winner, confusion)

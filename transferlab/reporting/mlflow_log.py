@@ -1,0 +1,209 @@
+"""MLflow records of a compare (``--mlflow [URI]``, the optional extra ``transferlab[mlflow]``).
+
+One parent run per compare (the settings as params, the winner's scores, report.html, metrics.json,
+config.yaml and the winner's confusion matrix as artifacts) and one child run per strategy and seed
+(its settings, the per-epoch losses and validation accuracy with the epoch as step, its final test
+scores). Written from the results folder's records after the runs end, like the TensorBoard files:
+a resumed compare replaces the runs it logged before (their ids are kept in ``<out>/mlflow.json``)
+rather than logging them twice.
+
+The default store is local and needs no server: ``sqlite:///<out>/mlflow/mlflow.db`` with artifacts
+under ``<out>/mlflow/artifacts`` (MLflow 3 keeps its plain-file store in maintenance mode and points
+to SQLite). Only ``MlflowClient`` is used, never the fluent API, so the caller's process keeps no
+active run, tracking URI or logging level of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import TransferlabError
+from ..core.io import read_json, write_json
+from .plots import confusion_figure
+
+DEFAULT = "default"  # what ``--mlflow`` without a URI stands for
+EXPERIMENT = "transferlab"
+_INSTALL = "pip install 'transferlab[mlflow]'"
+
+
+def store_uri(out: Path, uri: str | None) -> str:
+    """The tracking URI ``uri`` names; the default store lives in the results folder."""
+    if uri in (None, "", DEFAULT):
+        return f"sqlite:///{(Path(out) / 'mlflow' / 'mlflow.db').resolve()}"
+    return uri
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow and its database layer log every table migration at INFO; hush them while we call,
+    then put the levels back as they were."""
+    loggers = [logging.getLogger(n) for n in ("mlflow", "alembic", "sqlalchemy")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _client(out: Path, uri: str | None) -> tuple[Any, str]:
+    """An MlflowClient on the store and the id of the transferlab experiment there (created, with
+    artifacts beside a local default store); a missing package or an unreachable store is an error
+    that says what to do."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise TransferlabError(f"--mlflow needs MLflow, which is not installed: {_INSTALL}") from None
+    resolved = store_uri(out, uri)
+    local = uri in (None, "", DEFAULT)
+    if local:
+        (Path(out) / "mlflow").mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet_mlflow():
+            client = MlflowClient(tracking_uri=resolved)
+            found = client.get_experiment_by_name(EXPERIMENT)
+            if found is not None:
+                return client, found.experiment_id
+            where = (Path(out) / "mlflow" / "artifacts").resolve().as_uri() if local else None
+            return client, client.create_experiment(EXPERIMENT, artifact_location=where)
+    except TransferlabError:
+        raise
+    except Exception as exc:  # MLflow raises many kinds (bad scheme, no server, no database driver)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TransferlabError(f"--mlflow {resolved}: the tracking store cannot be opened ({first}); "
+                               "give a reachable URI, or --mlflow alone for a local store in --out") from None
+
+
+def check_store(out: Path, uri: str | None) -> None:
+    """Fail now, before any training, if the store named by ``uri`` cannot be used."""
+    _client(out, uri)
+
+
+_KEY = re.compile(r"[^0-9A-Za-z_\-. /:]")
+
+
+def _key(name: str) -> str:
+    """A metric or param name MLflow accepts (class names may hold any character)."""
+    return _KEY.sub("_", name)
+
+
+def _params(settings: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, tuple | list):
+            v = ",".join(map(str, v))
+        out[_key(k)] = "default" if v is None else str(v)[:500]  # MLflow's limit on a param's value
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _final_metrics(run: dict[str, Any]) -> dict[str, float]:
+    """A run's end-of-training numbers: accuracies, loss, time, its test scores and calibration,
+    precision/recall/F1 per class."""
+    metrics = {k: run[k] for k in ("test_acc", "test_loss", "seconds", "epochs") if _finite(run.get(k))}
+    if _finite(run.get("val_acc")):  # the kept weights' (val_acc itself is the per-epoch curve)
+        metrics["final_val_acc"] = run["val_acc"]
+    for k, v in run.get("scores", {}).items():
+        if k == "per_class":
+            for cls, row in v.items():
+                metrics.update({_key(f"per_class/{cls}/{m}"): x for m, x in row.items()
+                                if m != "support" and _finite(x)})
+        elif k != "accuracy" and _finite(v):  # accuracy is test_acc already
+            # test-set scores carry the prefix; the calibration numbers (temperature, ece) are named as they are
+            metrics[_key(f"test_{k}" if k.endswith(("accuracy", "f1")) else k)] = v
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _log_history(client: Any, run_id: str, history: list[dict[str, Any]]) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)  # MLflow's timestamps are wall-clock milliseconds
+    batch = []
+    for step, h in enumerate(history, start=1):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            if _finite(h.get(key)):
+                batch.append(Metric(key, float(h[key]), stamp, step))
+                batch.append(Metric(_key(f"phase/{h['phase']}/{key}"), float(h[key]), stamp, step))
+    for i in range(0, len(batch), 1000):  # MLflow's limit per log_batch call
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+
+def _forget_earlier(client: Any, out: Path, resolved: str) -> None:
+    """Delete the runs an earlier logging of this results folder made in the same store."""
+    record = out / "mlflow.json"
+    if not record.is_file():
+        return
+    earlier = read_json(record, "run transferlab compare --resume again")
+    if earlier.get("uri") != resolved:
+        return
+    for run_id in earlier.get("runs", []):
+        with contextlib.suppress(Exception):  # already deleted by the user: nothing to replace
+            client.delete_run(run_id)
+
+
+def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: list[dict[str, Any]],
+                 winner: str | None, confusion: tuple[np.ndarray, list[str]] | None = None) -> str:
+    """Log the compare in ``out`` (``runs``: result dicts with ``history``) to the store ``uri``;
+    returns the parent run's id."""
+    out = Path(out)
+    client, experiment = _client(out, uri)
+    resolved = store_uri(out, uri)
+    with _quiet_mlflow():
+        _forget_earlier(client, out, resolved)
+        params = _params(settings)
+        parent = client.create_run(experiment, run_name=out.resolve().name,
+                                   tags={"transferlab.results": str(out.resolve()), "transferlab.winner": str(winner)})
+        ids = [parent.info.run_id]
+        client.log_batch(parent.info.run_id, params=_param_list(params))
+        for run in runs:
+            child = client.create_run(experiment, run_name=f"{run['strategy']}-seed{run['seed']}",
+                                      tags={"mlflow.parentRunId": parent.info.run_id,
+                                            "transferlab.strategy": run["strategy"]})
+            ids.append(child.info.run_id)
+            client.log_batch(child.info.run_id, params=_param_list({**params, "strategy": run["strategy"],
+                                                                     "seed": str(run["seed"])}))
+            _log_history(client, child.info.run_id, run.get("history", []))
+            _log_metrics(client, child.info.run_id, _final_metrics(run))
+            if run["strategy"] == winner and confusion is not None:
+                client.log_figure(child.info.run_id, confusion_figure(*confusion, f"{winner}: test set"),
+                                  "confusion_test.png")
+            client.set_terminated(child.info.run_id)
+        best = next((r for r in runs if r["strategy"] == winner), None)
+        if best is not None:
+            _log_metrics(client, parent.info.run_id, {f"winner_{k}": v for k, v in _final_metrics(best).items()
+                                                      if "/" not in k})
+        for name in ("report.html", "report.md", "metrics.json", "config.yaml"):
+            if (out / name).is_file():
+                client.log_artifact(parent.info.run_id, str(out / name))
+        client.set_terminated(parent.info.run_id)
+    write_json(out / "mlflow.json", {"uri": resolved, "experiment_id": experiment, "runs": ids})
+    return parent.info.run_id
+
+
+def _param_list(params: dict[str, str]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k, v) for k, v in params.items()]
+
+
+def _log_metrics(client: Any, run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    items = [Metric(k, v, stamp, 0) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
