@@ -136,7 +136,9 @@ def _train_cmd(data, out, *extra):
             "from transferlab.cli import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", boot, "train", "--data", str(data), "--strategy", "chain-thaw",
             "--out", str(out), "--backbone", "test_tiny", "--max-epochs", "3", "--patience", "3",
-            "--views", "2", "--batch-size", "8", "--checkpoint-seconds", "0", "--quiet", *extra]
+            "--views", "2", "--batch-size", "8", "--checkpoint-seconds", "0", "--quiet",
+            # the cosine rates are a function of the epoch: a resumed phase continues on the same curve
+            "--body-schedule", "cosine", "--label-smoothing", "0.1", *extra]
 
 
 CUDA = torch.cuda.is_available()
@@ -220,6 +222,11 @@ def test_schedule_knobs_reach_the_phases():
     assert head.method.max_epochs == 1 and whole.method.patience == 5 and whole.method.max_epochs == 4
     assert not whole.method.bn_eval  # batch statistics in the whole-model phase
     assert all(not p.method.bn_eval for p in build_strategy("chain-thaw", groups, config.strategy_options()).phases[1:])
+    assert head.method.schedule == whole.method.schedule == "constant" and whole.method.label_smoothing == 0
+    tuned = TrainConfig(schedule=ScheduleConfig(body_schedule="cosine", label_smoothing=0.1)).strategy_options()
+    warm, body = build_strategy("finetune", groups, tuned).phases
+    assert (body.method.schedule, body.method.label_smoothing) == ("cosine", 0.1)
+    assert (warm.method.schedule, warm.method.label_smoothing) == ("constant", 0)  # the warm-up is as before
     # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
     assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4
 
@@ -293,3 +300,20 @@ def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path
     prep = prepare(ds, make_splits(ds), config, quiet=True)
     train_one(prep, config, "finetune", 0, tmp_path / "r", quiet=True)
     assert any(sampled) and not all(sampled)  # balanced while training, in order while evaluating
+
+
+def test_cosine_rates_fall_from_the_base_rate_to_a_hundredth():
+    from transferlab.train.engine import schedule_rates
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1e-3)
+    optimizer.param_groups[0]["base_lr"] = 1e-3
+    method = Gradient(lr=1e-3, max_epochs=10, schedule="cosine")
+    rates = []
+    for epoch in range(10):
+        schedule_rates(optimizer, method, epoch)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] > 1e-5 and rates[5] == pytest.approx(1e-3 * (0.01 + 0.99 / 2))
+    schedule_rates(optimizer, Gradient(lr=1e-3), 7)
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # constant

@@ -61,6 +61,11 @@ class ScheduleConfig:
                                        "pretrained strategy of the same seed")
     body_bn: str = option("frozen", "BatchNorm of a thawed pretrained body: frozen statistics, or train "
                                     "(batch statistics, updated)", choices=("frozen", "train"))
+    body_schedule: str = option("constant", "learning rates of phases that train the body: constant, or cosine "
+                                            "(decayed to 1/100 over the phase's epoch cap)",
+                                choices=("constant", "cosine"))
+    label_smoothing: float = option(0.0, "label smoothing of the training loss in phases that train the body",
+                                    minimum=0)
 
 
 @dataclass(frozen=True)
@@ -98,4 +103,5 @@ class TrainConfig:
         given = {k: getattr(s, k) for k in ("body_epochs", "body_patience") if getattr(s, k)}
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
                                body_bn_train=s.body_bn == "train", warmup_epochs=s.head_epochs,
-                               balanced=s.class_weights == "auto", **given).scaled(s.max_epochs, s.patience)
+                               balanced=s.class_weights == "auto", body_schedule=s.body_schedule,
+                               label_smoothing=s.label_smoothing, **given).scaled(s.max_epochs, s.patience)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,7 +90,21 @@ def make_optimizer(model: TransferModel, trainable: tuple[str, ...], method: Gra
     by_name = model.parts()
     param_groups = [{"params": by_name[n].params, "lr": method.group_lr.get(n, method.lr)}
                     for n in trainable if by_name[n].params]
-    return OPTIMIZERS[method.optimizer](param_groups, method.lr, method.weight_decay)
+    optimizer = OPTIMIZERS[method.optimizer](param_groups, method.lr, method.weight_decay)
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]  # what the schedule scales (kept in the optimizer's state across a resume)
+    return optimizer
+
+
+def schedule_rates(optimizer: torch.optim.Optimizer, method: Gradient, epoch: int) -> None:
+    """Set every group's rate for ``epoch`` (0-based) from its base rate and the phase's schedule.
+    A function of the epoch alone, so a resumed phase continues on the same curve."""
+    factor = 1.0
+    if method.schedule == "cosine":
+        floor = 0.01
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / max(method.max_epochs, 1)))
+    for g in optimizer.param_groups:
+        g["lr"] = g.get("base_lr", g["lr"]) * factor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +218,7 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
                  generator: torch.Generator, data_parallel: bool = False,
-                 class_weights: torch.Tensor | None = None) -> float:
+                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> float:
     # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
     """One pass over ``train``; the mean training loss. Nothing waits on the device until the end.
 
@@ -219,7 +234,8 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
             x, y = distributed.shard(x), distributed.shard(y)
         with precision.autocast():
             logits = model(precision.to_input(x), level=train.level).float()
-        loss_sum = F.cross_entropy(logits, y.to(precision.device), weight=class_weights, reduction="sum")
+        loss_sum = F.cross_entropy(logits, y.to(precision.device), weight=class_weights, reduction="sum",
+                                   label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss_sum * (world / n)).backward()
         optimizer.step()
@@ -284,9 +300,10 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             seed_e = epoch_seed(ctx.seed, ctx.phase_index, epoch)
             torch.manual_seed(seed_e)  # dropout
             set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
+            schedule_rates(optimizer, method, epoch)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e),  # order and augmentation
-                                      ctx.data_parallel, weights)
+                                      ctx.data_parallel, weights, method.label_smoothing)
             if ctx.data_parallel:
                 distributed.sync_buffers(model)
             val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)

@@ -36,6 +36,11 @@ class Gradient:
             statistics are better estimates than those of small batches of a small dataset, and
             batch statistics of a thawed group shift everything above it (Keras' transfer-learning
             guide recommends the same); scratch training needs them to learn.
+        schedule: ``constant`` rates, or ``cosine``: each epoch's rates follow half a cosine from the
+            given ones down to 1/100 of them at ``max_epochs`` (Loshchilov & Hutter 2017, without
+            restarts); early stopping still applies.
+        label_smoothing: the training loss's target puts this mass on the other classes evenly
+            (Szegedy et al. 2016); the validation loss that early stopping watches is plain.
     """
 
     lr: float = 1e-3
@@ -47,6 +52,8 @@ class Gradient:
     frozen_bn_eval: bool = True
     bn_eval: bool = True
     balanced: bool = False  # the loss weights each class by n / (k * n_c) of the training split
+    schedule: str = "constant"
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,8 @@ class StrategyOptions:
     body_bn_train: bool = False  # BatchNorm of a thawed pretrained body learns batch statistics
     warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: as head_epochs)
     balanced: bool = False  # every phase weights its loss by class (imbalanced data)
+    body_schedule: str = "constant"  # the learning-rate schedule of phases that train the body
+    label_smoothing: float = 0.0  # of phases that train the body
 
     def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
         """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
@@ -159,14 +168,16 @@ def probe(groups: list[str], o: StrategyOptions) -> Strategy:
 def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head warm-up on frozen features, then the whole model at a lower rate."""
     whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience,
-                                                   bn_eval=not o.body_bn_train))
+                                                   bn_eval=not o.body_bn_train, schedule=o.body_schedule,
+                                                   label_smoothing=o.label_smoothing))
     return Strategy("finetune", pretrained=True, phases=[_head_phase(o), whole])
 
 
 @STRATEGIES.register("chain-thaw")
 def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
-    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=not o.body_bn_train)
+    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=not o.body_bn_train,
+                    schedule=o.body_schedule, label_smoothing=o.label_smoothing)
     steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
     whole = Phase("all", (*groups, HEAD), step)
     return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o), *steps, whole])
@@ -182,7 +193,7 @@ def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
             if o.discriminative else {}
         phases.append(Phase(f"thaw last {k}", (*thawed, HEAD), Gradient(
             lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience,
-            bn_eval=not o.body_bn_train)))
+            bn_eval=not o.body_bn_train, schedule=o.body_schedule, label_smoothing=o.label_smoothing)))
     return Strategy("gradual", pretrained=True, phases=phases)
 
 
