@@ -45,11 +45,12 @@ class ScheduleConfig:
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
     head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "
-                                           "chain-thaw, gradual; default: as the features strategy, 60, "
-                                           "early-stopped)", minimum=1)
-    body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 15)", minimum=1)
+                                           "chain-thaw, gradual; default: 1 for finetune, whose body learns little "
+                                           "under an over-trained head; chain-thaw and gradual train it to the "
+                                           "end, 60 epochs early-stopped)", minimum=1)
+    body_epochs: int | None = option(None, "epochs of finetune's whole-model phase (default 30)", minimum=1)
     body_patience: int | None = option(None, "early-stopping patience of finetune's whole-model phase "
-                                             "(default 3)", minimum=1)
+                                             "(default 5)", minimum=1)
     class_weights: str = option("none", "auto: weight each class's loss by n / (k * n_c) of the training split "
                                         "(imbalanced data; the probe uses class_weight='balanced')",
                                 choices=("none", "auto"))
@@ -59,8 +60,10 @@ class ScheduleConfig:
                                              "(default: none)", minimum=1)
     equal_compute: bool = option(True, "in a compare, scratch trains for at most the time of the slowest "
                                        "pretrained strategy of the same seed")
-    body_bn: str = option("frozen", "BatchNorm of a thawed pretrained body: frozen statistics, or train "
-                                    "(batch statistics, updated)", choices=("frozen", "train"))
+    body_bn: str = option("auto", "BatchNorm of a thawed pretrained body: frozen statistics, train (batch "
+                                  "statistics, updated), or auto (finetune: train, and frozen again if its "
+                                  "whole-model phase never beats the warm-up; chain-thaw and gradual: frozen)",
+                          choices=("auto", "frozen", "train"))
     body_schedule: str = option("constant", "learning rates of phases that train the body: constant, or cosine "
                                             "(decayed to 1/100 over the phase's epoch cap)",
                                 choices=("constant", "cosine"))
@@ -102,6 +105,6 @@ class TrainConfig:
         s = self.schedule
         given = {k: getattr(s, k) for k in ("body_epochs", "body_patience") if getattr(s, k)}
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
-                               body_bn_train=s.body_bn == "train", warmup_epochs=s.head_epochs,
+                               body_bn=s.body_bn, warmup_epochs=s.head_epochs,
                                balanced=s.class_weights == "auto", body_schedule=s.body_schedule,
                                label_smoothing=s.label_smoothing, **given).scaled(s.max_epochs, s.patience)

@@ -39,7 +39,7 @@ from .engine import PhaseContext, predict_logits
 from .features import FeatureStore, ImageSource, advance, encode
 from .runners import PhaseRun, runner_for
 from .scores import classification_scores
-from .strategies import Phase, Strategy, build_strategy
+from .strategies import Gradient, Phase, Strategy, build_strategy
 
 
 @dataclass
@@ -189,17 +189,45 @@ class _Checkpointer:
         return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
 
 
+def _bn_mode(phase: Phase, details: dict[str, Any], mode: str | None = None) -> Phase:
+    """``phase`` with a BatchNorm policy the run left open (``Gradient.bn_eval`` None) made definite:
+    ``mode``, else the one this run settled on (``details["body_bn"]``), else batch statistics."""
+    method = phase.method
+    if not isinstance(method, Gradient) or method.bn_eval is not None:
+        return phase
+    mode = mode or details.get("body_bn", "train")
+    return dataclasses.replace(phase, method=dataclasses.replace(method, bn_eval=mode == "frozen"))
+
+
 def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
                 ctx: PhaseContext) -> None:
-    """Run the strategy's phases from the checkpointed one on; record each in ``ckpt.state``."""
+    """Run the strategy's phases from the checkpointed one on; record each in ``ckpt.state``.
+
+    A phase whose BatchNorm policy is left to the run (``Gradient.bn_eval`` None) runs with batch
+    statistics first; if the first such phase never beats its starting weights (which it then
+    restores), it runs again with frozen statistics, and later phases keep the policy that worked."""
     state, start = ckpt.state, ckpt.state.phase_index
-    for i, phase in enumerate(strategy.phases):
+    for i, open_phase in enumerate(strategy.phases):
         if i < start:
             continue
+        deciding = isinstance(open_phase.method, Gradient) and open_phase.method.bn_eval is None \
+            and "body_bn" not in state.details
+        phase = _bn_mode(open_phase, state.details)
         train, val = inputs.for_phase(phase, pristine=not state.body_changed)
         phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i),
                                         resume=state.phase_state if i == start else None)
-        rows = runner_for(phase).run(PhaseRun(model, phase, train, val, phase_ctx, state.details))
+        run = PhaseRun(model, phase, train, val, phase_ctx, state.details)
+        rows = runner_for(phase).run(run)
+        if deciding and not run.improved and "budget_cut" not in state.details:
+            # Batch statistics never beat the start (now restored): the same phase with frozen ones,
+            # decided before it starts so that a resume continues it the same way.
+            state.details |= {"body_bn": "frozen", "body_bn_train_epochs": len(rows)}
+            ckpt.save(i, None, [h for h in state.history if h["phase_index"] < i])
+            run = dataclasses.replace(run, phase=_bn_mode(open_phase, state.details),
+                                      ctx=dataclasses.replace(phase_ctx, resume=None))
+            rows = runner_for(phase).run(run)
+        elif deciding:
+            state.details["body_bn"] = "train"
         state.history = [h for h in state.history if h["phase_index"] < i] + [{**h, "phase_index": i} for h in rows]
         state.body_changed = state.body_changed or bool(phase.body_trainable)
         inputs.after_phase(phase)

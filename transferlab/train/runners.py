@@ -26,6 +26,7 @@ class PhaseRun:
     val: Batches
     ctx: PhaseContext
     details: dict[str, Any]
+    improved: bool | None = None  # set by the runner: whether the phase beat its starting weights
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
     result = fit_phase(r.model, r.phase, r.train, r.val, r.ctx)
     if result.budget_cut:
         r.details["budget_cut"] = r.phase.name
+    r.improved = result.best_epoch > 0
     return result.history
 
 

@@ -32,10 +32,15 @@ class Gradient:
         max_epochs: cap on epochs.
         patience: stop after this many epochs without a lower validation loss.
         frozen_bn_eval: keep BatchNorm of frozen parts in eval mode (statistics untouched).
-        bn_eval: keep *every* BatchNorm in eval mode, trainable parts included. Pretrained
-            statistics are better estimates than those of small batches of a small dataset, and
-            batch statistics of a thawed group shift everything above it (Keras' transfer-learning
-            guide recommends the same); scratch training needs them to learn.
+        bn_eval: keep *every* BatchNorm in eval mode, trainable parts included (True), or let
+            the BatchNorm of trainable parts normalise by batch statistics and update its running
+            ones (False); None lets the run decide (``train.run``): batch statistics for the first
+            phase that trains the body, again with frozen ones if that phase never improves on its
+            starting weights, and the mode that worked for every later phase. Frozen statistics
+            suit data whose statistics are far from ImageNet's (batch statistics of upscaled 8x8
+            digits wreck the features the head was warmed up on); on photos batch statistics
+            fine-tune better (see the README's measurements). Scratch training needs batch
+            statistics to learn.
         schedule: ``constant`` rates, or ``cosine``: each epoch's rates follow half a cosine from the
             given ones down to 1/100 of them at ``max_epochs`` (Loshchilov & Hutter 2017, without
             restarts); early stopping still applies.
@@ -50,7 +55,7 @@ class Gradient:
     max_epochs: int = 30
     patience: int = 5
     frozen_bn_eval: bool = True
-    bn_eval: bool = True
+    bn_eval: bool | None = True
     balanced: bool = False  # the loss weights each class by n / (k * n_c) of the training split
     schedule: str = "constant"
     label_smoothing: float = 0.0
@@ -106,19 +111,23 @@ class StrategyOptions:
     body_lr: float = 1e-4
     head_epochs: int = 60
     head_patience: int = 8
-    body_epochs: int = 15
-    body_patience: int = 3
+    body_epochs: int = 30
+    body_patience: int = 5
     step_epochs: int = 5  # per chain-thaw / gradual step
     step_patience: int = 2
     scratch_epochs: int = 60
     scratch_patience: int = 8
     discriminative: bool = False  # gradual: lr / 2.6 per group from the top
     probe_model: str = "logreg"  # or "svm"
-    body_bn_train: bool = False  # BatchNorm of a thawed pretrained body learns batch statistics
-    warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: as head_epochs)
+    body_bn: str = "auto"  # BatchNorm of a thawed pretrained body: frozen, train or auto (Gradient.bn_eval)
+    warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: the strategy's own)
     balanced: bool = False  # every phase weights its loss by class (imbalanced data)
     body_schedule: str = "constant"  # the learning-rate schedule of phases that train the body
     label_smoothing: float = 0.0  # of phases that train the body
+
+    def body_bn_eval(self, auto: bool | None) -> bool | None:
+        """``Gradient.bn_eval`` of phases that train the body; ``auto``: the strategy's own policy."""
+        return {"frozen": True, "train": False}.get(self.body_bn, auto)
 
     def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
         """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
@@ -137,9 +146,10 @@ Builder = Callable[[list[str], StrategyOptions], Strategy]
 STRATEGIES: Registry[Builder] = Registry("strategy", TransferlabError)
 
 
-def _head_phase(o: StrategyOptions, warmup: bool = True) -> Phase:
-    """The new head on frozen features: the whole of ``features``, or the warm-up before a body thaws."""
-    epochs = o.warmup_epochs if warmup and o.warmup_epochs is not None else o.head_epochs
+def _head_phase(o: StrategyOptions, warmup: int | None = None) -> Phase:
+    """The new head on frozen features: the whole of ``features`` (``warmup`` None), or the warm-up of
+    ``warmup`` epochs before a body thaws (the user's ``warmup_epochs`` when given)."""
+    epochs = o.head_epochs if warmup is None else (o.warmup_epochs or warmup)
     return Phase("head", (HEAD,), Gradient(lr=o.head_lr, max_epochs=epochs, patience=o.head_patience))
 
 
@@ -154,7 +164,7 @@ def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
 @STRATEGIES.register("features")
 def features(groups: list[str], o: StrategyOptions) -> Strategy:
     """Frozen pretrained backbone as a feature extractor; train the dense head only."""
-    return Strategy("features", pretrained=True, phases=[_head_phase(o, warmup=False)])
+    return Strategy("features", pretrained=True, phases=[_head_phase(o)])
 
 
 @STRATEGIES.register("probe")
@@ -164,36 +174,44 @@ def probe(groups: list[str], o: StrategyOptions) -> Strategy:
     return Strategy("probe", pretrained=True, phases=[phase], linear_head=True)
 
 
+# finetune warms its head up for one epoch only (as fastai's fine_tune does): a head trained to the end
+# on frozen features is over-confident and gives the body tiny gradients, and the whole-model phase
+# then stops early without improving (measured on flower_photos, README). It lets the run choose the
+# BatchNorm policy (Gradient.bn_eval None). Chain-thaw and gradual keep the original methods' full
+# head phase and frozen statistics, as each thaws one group at a time from an already-good model.
+FINETUNE_WARMUP = 1
+
+
 @STRATEGIES.register("finetune")
 def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head warm-up on frozen features, then the whole model at a lower rate."""
     whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience,
-                                                   bn_eval=not o.body_bn_train, schedule=o.body_schedule,
+                                                   bn_eval=o.body_bn_eval(None), schedule=o.body_schedule,
                                                    label_smoothing=o.label_smoothing))
-    return Strategy("finetune", pretrained=True, phases=[_head_phase(o), whole])
+    return Strategy("finetune", pretrained=True, phases=[_head_phase(o, FINETUNE_WARMUP), whole])
 
 
 @STRATEGIES.register("chain-thaw")
 def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
-    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=not o.body_bn_train,
+    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=o.body_bn_eval(True),
                     schedule=o.body_schedule, label_smoothing=o.label_smoothing)
     steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
     whole = Phase("all", (*groups, HEAD), step)
-    return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o), *steps, whole])
+    return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o, o.head_epochs), *steps, whole])
 
 
 @STRATEGIES.register("gradual")
 def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head first, then thaw one more group per stage from the last one down (ULMFiT)."""
-    phases = [_head_phase(o)]
+    phases = [_head_phase(o, o.head_epochs)]
     for k in range(1, len(groups) + 1):
         thawed = groups[-k:]
         rates = {g: o.body_lr / 2.6 ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
             if o.discriminative else {}
         phases.append(Phase(f"thaw last {k}", (*thawed, HEAD), Gradient(
             lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience,
-            bn_eval=not o.body_bn_train, schedule=o.body_schedule, label_smoothing=o.label_smoothing)))
+            bn_eval=o.body_bn_eval(True), schedule=o.body_schedule, label_smoothing=o.label_smoothing)))
     return Strategy("gradual", pretrained=True, phases=phases)
 
 
