@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -216,12 +217,17 @@ def test_feature_extractor_in_a_pipeline():
 def test_schedule_knobs_reach_the_phases():
     groups = list(backbone_spec("efficientnet_lite0").groups)
     default = build_strategy("finetune", groups, TrainConfig().strategy_options()).phases
-    assert default[0].method.max_epochs == 60 and default[1].method.bn_eval  # frozen statistics by default
-    config = TrainConfig(schedule=ScheduleConfig(head_epochs=1, body_patience=5, body_bn="train", max_epochs=4))
+    # finetune: a one-epoch warm-up, the BatchNorm policy left to the run; chain-thaw: a full head phase, frozen
+    assert default[0].method.max_epochs == 1 and default[1].method.bn_eval is None
+    assert default[1].method.max_epochs == 30 and default[1].method.patience == 5
+    chain = build_strategy("chain-thaw", groups, TrainConfig().strategy_options()).phases
+    assert chain[0].method.max_epochs == 60 and all(p.method.bn_eval for p in chain[1:])
+    config = TrainConfig(schedule=ScheduleConfig(head_epochs=2, body_patience=4, body_bn="train", max_epochs=4))
     head, whole = build_strategy("finetune", groups, config.strategy_options()).phases
-    assert head.method.max_epochs == 1 and whole.method.patience == 5 and whole.method.max_epochs == 4
+    assert head.method.max_epochs == 2 and whole.method.patience == 4 and whole.method.max_epochs == 4
     assert not whole.method.bn_eval  # batch statistics in the whole-model phase
-    assert all(not p.method.bn_eval for p in build_strategy("chain-thaw", groups, config.strategy_options()).phases[1:])
+    chain = build_strategy("chain-thaw", groups, config.strategy_options()).phases
+    assert chain[0].method.max_epochs == 2 and all(p.method.bn_eval is False for p in chain[1:])
     assert head.method.schedule == whole.method.schedule == "constant" and whole.method.label_smoothing == 0
     tuned = TrainConfig(schedule=ScheduleConfig(body_schedule="cosine", label_smoothing=0.1)).strategy_options()
     warm, body = build_strategy("finetune", groups, tuned).phases
@@ -300,6 +306,41 @@ def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path
     prep = prepare(ds, make_splits(ds), config, quiet=True)
     train_one(prep, config, "finetune", 0, tmp_path / "r", quiet=True)
     assert any(sampled) and not all(sampled)  # balanced while training, in order while evaluating
+
+
+def test_batch_statistics_that_never_beat_the_warm_up_give_way_to_frozen_ones(easy, tmp_path, monkeypatch):
+    """BatchNorm 'auto': the whole-model phase runs with batch statistics; when it never improves on
+    its start it runs again with frozen statistics, and the run says so."""
+    import transferlab.train.run as run_module
+
+    ds, splits = easy
+    real = run_module.runner_for
+
+    def run_with(improves: bool, folder: str) -> tuple[list, Any]:
+        calls = []
+
+        def runner_for(phase):
+            runner = real(phase)
+
+            def run(r):
+                rows = runner.run(r)
+                calls.append((r.phase.name, r.phase.method.bn_eval))
+                if r.phase.method.bn_eval is False:
+                    r.improved = improves  # batch statistics on data far from ImageNet's, or not
+                return rows
+            return replace(runner, run=run)
+
+        monkeypatch.setattr(run_module, "runner_for", runner_for)
+        return calls, train_one(prepare(ds, splits, SMALL, quiet=True), SMALL, "finetune", 0, tmp_path / folder,
+                                quiet=True)
+
+    calls, result = run_with(False, "a")
+    assert calls == [("head", True), ("all", False), ("all", True)]
+    assert result.details["body_bn"] == "frozen" and result.details["body_bn_train_epochs"] >= 1
+    assert [h["phase"] for h in result.history].count("head") == 1  # the undone attempt is not in the curves
+    assert result.test_acc >= 0.75
+    calls, result = run_with(True, "b")
+    assert calls == [("head", True), ("all", False)] and result.details["body_bn"] == "train"
 
 
 def test_cosine_rates_fall_from_the_base_rate_to_a_hundredth():
