@@ -190,25 +190,39 @@ def main() -> None:
     ap.add_argument("--ours", default="features,probe,finetune,chain-thaw,ensemble")
     ap.add_argument("--ours-args", default="", help="more options for transferlab compare")
     ap.add_argument("--out", help="results folder of ours (default: a temporary folder)")
+    ap.add_argument("--first-seed", type=int, default=0, help="references: start at this seed")
+    ap.add_argument("--record", help="a JSON-lines file: each reference run is appended as it ends, and "
+                                     "the table also counts the runs already in it (a long benchmark can "
+                                     "be stopped and continued with --first-seed)")
     args = ap.parse_args()
 
     parts, classes = split_paths(args.data)
     only = args.only.split(",")
     print(f"{args.data}: train {len(parts['train'][0])}, val {len(parts['val'][0])}, test {len(parts['test'][0])}; "
           f"torch threads {torch.get_num_threads()}; native bf16 {bf16_native(torch.device('cpu'))}", flush=True)
-    results: dict[str, tuple[list[float], float]] = {}
+    record = Path(args.record) if args.record else None
+    runs = [json.loads(x) for x in record.read_text().splitlines() if x.strip()] \
+        if record is not None and record.is_file() else []
     for method in ("textbook", "fastai"):
         if method not in only or (method == "fastai" and not args.fastai_python):
             continue
-        accs, secs = [], []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             t0 = time.perf_counter()
             acc = textbook(parts, classes, seed, args.textbook_epochs) if method == "textbook" else \
                 fastai(args.fastai_python, parts, classes, seed, args.fastai_epochs)
-            secs.append(time.perf_counter() - t0)
-            accs.append(acc)
-            print(f"  {method} seed {seed}: test {acc:.1%} in {secs[-1]:.0f}s", flush=True)
-        results[method] = (accs, float(np.mean(secs)))
+            run = {"method": method, "seed": seed, "acc": acc, "seconds": time.perf_counter() - t0,
+                   "epochs": args.textbook_epochs if method == "textbook" else args.fastai_epochs}
+            runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)] + [run]
+            if record is not None:
+                with record.open("a") as f:
+                    f.write(json.dumps(run) + "\n")
+            print(f"  {method} seed {seed}: test {acc:.1%} in {run['seconds']:.0f}s", flush=True)
+    latest = {(r["method"], r["seed"]): r for r in runs}  # a seed run again counts once, its last run
+    results: dict[str, tuple[list[float], float]] = {}
+    for method in ("textbook", "fastai"):
+        mine = sorted((r for r in latest.values() if r["method"] == method), key=lambda r: r["seed"])
+        if mine:
+            results[method] = ([r["acc"] for r in mine], float(np.mean([r["seconds"] for r in mine])))
     if "ours" in only:
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tl-acc-")) / "out"
         results |= ours(args.data, args.ours, args.seeds, args.ours_args, out)

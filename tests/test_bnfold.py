@@ -1,5 +1,6 @@
 """Folding eval-mode BatchNorm into convolutions: same outputs, same gradients, nothing left behind."""
 
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,9 @@ def test_folded_training_matches_plain_on_efficientnet_lite():
     with folded_batchnorm(model, lambda: model(x[:2])):
         assert "forward" in model.conv_stem.__dict__  # the stem conv + bn1 pair is folded
         folded_loss, folded_grads = _loss_and_grads(model, x, y)
-    assert abs(plain_loss - folded_loss) < 1e-5
+    # float32 rounding, relative: randomised statistics give a loss of ~18, and the order of the sums
+    # (the thread count) moves its last digits
+    assert folded_loss == pytest.approx(plain_loss, rel=1e-5)
     for name, g in plain_grads.items():  # the same gradients, up to float rounding
         assert (g - folded_grads[name]).abs().max() <= 1e-4 * g.abs().max(), name
     # Nothing stays behind: no patched forwards, same parameters and statistics.
