@@ -339,6 +339,8 @@ def test_batch_statistics_that_never_beat_the_warm_up_give_way_to_frozen_ones(ea
     assert result.details["body_bn"] == "frozen" and result.details["body_bn_train_epochs"] >= 1
     assert [h["phase"] for h in result.history].count("head") == 1  # the undone attempt is not in the curves
     assert result.test_acc >= 0.75
+    from transferlab.experiments.results import summarise
+    assert summarise([result])["finetune"]["bn_fallback"] == 1  # the report says so
     calls, result = run_with(True, "b")
     assert calls == [("head", True), ("all", False)] and result.details["body_bn"] == "train"
 

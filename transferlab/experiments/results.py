@@ -97,6 +97,8 @@ def summarise(results: list[RunResult]) -> dict[str, dict[str, float]]:
                      "epochs": float(np.mean([r.epochs for r in rs])),
                      "seconds": float(np.mean([r.seconds for r in rs])), "seeds": len(rs),
                      "budget_cut": sum(1 for r in rs if r.details.get("budget_cut")),
+                     # BatchNorm 'auto': runs whose batch-statistics attempt was undone for frozen statistics
+                     "bn_fallback": sum(1 for r in rs if "body_bn_train_epochs" in r.details),
                      **{k: float(np.mean([r.scores[k] for r in rs]))
                         for k in _QUOTED if all(k in r.scores for r in rs)}}
     return out

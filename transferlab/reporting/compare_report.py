@@ -43,6 +43,11 @@ def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
         text += (f" {', '.join(cut)} stopped at a time budget (by default scratch gets the time of the "
                  "slowest pretrained strategy: an equal-compute comparison); its curve against seconds "
                  "shows what more time would have bought.")
+    fallback = [f"{n} ({s['bn_fallback']} of {s['seeds']} seeds)" for n, s in summary.items() if s.get("bn_fallback")]
+    if fallback:
+        text += (f" BatchNorm: in {', '.join(fallback)} the whole-model phase with batch statistics never beat "
+                 "the head warm-up, so it ran again with the pretrained statistics frozen (the curves show that "
+                 "second run; the seconds include both).")
     return Section("Results", text, rows, plot_accuracy(summary, plots / "accuracy.png"))
 
 
