@@ -1,8 +1,9 @@
 """Accuracy against the references a user would otherwise use, same splits, same weights, several seeds.
 
     python benchmarks/accuracy.py --data ../shared/datasets/flower_photos --seeds 3 \
-        [--ours features,probe,finetune,chain-thaw,ensemble] [--ours-args "--body-bn train ..."] \
-        [--fastai-python /path/to/venv/bin/python] [--only textbook,fastai,ours]
+        [--ours features,probe,finetune,chain-thaw,ensemble] [--ours-args="--resume ..."] \
+        [--fastai-python /path/to/venv/bin/python] [--only textbook,textbook-adam,fastai,ours] \
+        [--record runs.jsonl [--first-seed K]]
 
 References, each on the same train/val/test split and the same ImageNet weights (efficientnet_lite0):
 
