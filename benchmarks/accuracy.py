@@ -19,6 +19,9 @@ References, each on the same train/val/test split and the same ImageNet weights 
   ``aug_transforms(size=224)``), inputs normalised with the backbone's own mean and std. fastai is
   never a transferlab dependency: give ``--fastai-python``, the interpreter of an environment that has
   fastai and can import transferlab (for the offline weights), and it runs in a subprocess there.
+  One way, reusing this environment's torch: ``python -m venv /tmp/fa``, a ``.pth`` file in its
+  site-packages listing this environment's site-packages and the repository root, then
+  ``/tmp/fa/bin/pip install fastai``.
 - ours: ``transferlab compare`` with ``--ours`` strategies and ``--seeds``, plus ``--ours-args``.
 
 Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ val/`` alone
