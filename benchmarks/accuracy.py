@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategies import FilesDataset  # noqa: E402
+from strategies import FilesDataset, naive_eval  # noqa: E402
 
 from transferlab.data import load_dataset, make_splits  # noqa: E402
 from transferlab.models import LINEAR_HEAD, TransferModel, create_backbone  # noqa: E402
@@ -62,8 +62,8 @@ from transferlab.runtime import bf16_native  # noqa: E402
 BACKBONE = "efficientnet_lite0"
 
 
-def split_paths(data: str) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Paths and labels of train/val/test, as transferlab splits ``data`` by default."""
+def split_paths(data: str) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
+    """Paths and labels of train/val/test, as transferlab splits ``data`` by default, and the classes."""
     ds = load_dataset(data)
     splits = make_splits(ds)
     return {k: ([ds.paths[i] for i in idx], ds.labels[idx]) for k, idx in splits.items()}, ds.classes
@@ -71,16 +71,6 @@ def split_paths(data: str) -> dict[str, tuple[list[str], np.ndarray]]:
 
 # ---------------------------------------------------------------------------------------------
 # The textbook loop
-
-
-def _accuracy(model, loader) -> float:
-    model.eval()
-    correct = n = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            n += len(y)
-    return correct / n
 
 
 def textbook(parts, classes, seed: int, epochs: int, optimizer: str = "sgd") -> float:
@@ -111,11 +101,11 @@ def textbook(parts, classes, seed: int, epochs: int, optimizer: str = "sgd") -> 
             F.cross_entropy(model(x), y).backward()
             opt.step()
         sched.step()
-        acc = _accuracy(model, val)
+        acc = naive_eval(model, val)[1]
         if acc > best:
             best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return _accuracy(model, test)
+    return naive_eval(model, test)[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 from ..core.errors import TransferlabError
 from ..core.io import read_json, write_json
 from .plots import confusion_figure
+from .tracking import flat_settings, runs_seed
 
 DEFAULT = "default"  # what ``--mlflow`` without a URI stands for
 EXPERIMENT = "transferlab"
@@ -99,12 +100,8 @@ def _key(name: str) -> str:
 
 
 def _params(settings: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for k, v in settings.items():
-        if isinstance(v, tuple | list):
-            v = ",".join(map(str, v))
-        out[_key(k)] = "default" if v is None else str(v)[:500]  # MLflow's limit on a param's value
-    return out
+    """The settings as TensorBoard's hparams show them, as MLflow's param names and strings."""
+    return {_key(k): str(v)[:500] for k, v in flat_settings(settings).items()}  # 500: MLflow's limit on a value
 
 
 def _finite(value: Any) -> bool:
@@ -128,18 +125,24 @@ def _final_metrics(run: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _log_history(client: Any, run_id: str, history: list[dict[str, Any]]) -> None:
-    from mlflow.entities import Metric
-
-    stamp = int(time.time() * 1000)  # MLflow's timestamps are wall-clock milliseconds
-    batch = []
+def _epoch_metrics(history: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
+    """(name, value, step) of every epoch's losses and validation accuracy, also per phase."""
+    out = []
     for step, h in enumerate(history, start=1):
         for key in ("train_loss", "val_loss", "val_acc"):
             if _finite(h.get(key)):
-                batch.append(Metric(key, float(h[key]), stamp, step))
-                batch.append(Metric(_key(f"phase/{h['phase']}/{key}"), float(h[key]), stamp, step))
-    for i in range(0, len(batch), 1000):  # MLflow's limit per log_batch call
-        client.log_batch(run_id, metrics=batch[i:i + 1000])
+                out += [(key, float(h[key]), step), (_key(f"phase/{h['phase']}/{key}"), float(h[key]), step)]
+    return out
+
+
+def _log_metrics(client: Any, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
+    """Log (name, value, step) triples, in batches of MLflow's limit per call."""
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)  # MLflow's timestamps are wall-clock milliseconds
+    items = [Metric(k, v, stamp, step) for k, v, step in metrics]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
 
 
 def _forget_earlier(client: Any, out: Path, resolved: str) -> None:
@@ -176,16 +179,16 @@ def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: lis
             ids.append(child.info.run_id)
             client.log_batch(child.info.run_id, params=_param_list({**params, "strategy": run["strategy"],
                                                                      "seed": str(run["seed"])}))
-            _log_history(client, child.info.run_id, run.get("history", []))
-            _log_metrics(client, child.info.run_id, _final_metrics(run))
-            if run["strategy"] == winner and confusion is not None:
+            final = [(k, v, 0) for k, v in _final_metrics(run).items()]
+            _log_metrics(client, child.info.run_id, _epoch_metrics(run.get("history", [])) + final)
+            if confusion is not None and (run["strategy"], run["seed"]) == (winner, runs_seed(runs, winner)):
                 client.log_figure(child.info.run_id, confusion_figure(*confusion, f"{winner}: test set"),
                                   "confusion_test.png")
             client.set_terminated(child.info.run_id)
         best = next((r for r in runs if r["strategy"] == winner), None)
         if best is not None:
-            _log_metrics(client, parent.info.run_id, {f"winner_{k}": v for k, v in _final_metrics(best).items()
-                                                      if "/" not in k})
+            _log_metrics(client, parent.info.run_id, [(f"winner_{k}", v, 0) for k, v in _final_metrics(best).items()
+                                                      if "/" not in k])
         for name in ("report.html", "report.md", "metrics.json", "config.yaml"):
             if (out / name).is_file():
                 client.log_artifact(parent.info.run_id, str(out / name))
@@ -198,12 +201,3 @@ def _param_list(params: dict[str, str]) -> list[Any]:
     from mlflow.entities import Param
 
     return [Param(k, v) for k, v in params.items()]
-
-
-def _log_metrics(client: Any, run_id: str, metrics: dict[str, float]) -> None:
-    from mlflow.entities import Metric
-
-    stamp = int(time.time() * 1000)
-    items = [Metric(k, v, stamp, 0) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])

@@ -21,8 +21,9 @@ from ..core.io import atomic_path
 from .plots import confusion_figure
 
 
-def _hparams(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings TensorBoard can show: numbers, strings and booleans (tuples as text)."""
+def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings as TensorBoard hparams (and MLflow params) show them: numbers, strings and booleans
+    (tuples as text, None as "default")."""
     out = {}
     for k, v in settings.items():
         if isinstance(v, tuple | list):
@@ -52,7 +53,7 @@ def write_tensorboard(out: Path, settings: dict[str, Any], runs: list[dict[str, 
                         if value is not None and not (isinstance(value, float) and math.isnan(value)):
                             w.add_scalar(tag, value, step)
                             w.add_scalar(f"phase/{h['phase']}/{tag}", value, step)
-                w.add_hparams({**_hparams(settings), "strategy": run["strategy"], "seed": run["seed"]},
+                w.add_hparams({**flat_settings(settings), "strategy": run["strategy"], "seed": run["seed"]},
                               {"hparam/test_acc": run["test_acc"], "hparam/val_acc": run["val_acc"]},
                               run_name=".")
                 if confusion is not None and run["strategy"] == winner and run["seed"] == runs_seed(runs, winner):

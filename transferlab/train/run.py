@@ -189,14 +189,14 @@ class _Checkpointer:
         return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
 
 
-def _bn_mode(phase: Phase, details: dict[str, Any], mode: str | None = None) -> Phase:
+def _bn_mode(phase: Phase, details: dict[str, Any]) -> Phase:
     """``phase`` with a BatchNorm policy the run left open (``Gradient.bn_eval`` None) made definite:
-    ``mode``, else the one this run settled on (``details["body_bn"]``), else batch statistics."""
+    the one this run settled on (``details["body_bn"]``), else batch statistics."""
     method = phase.method
     if not isinstance(method, Gradient) or method.bn_eval is not None:
         return phase
-    mode = mode or details.get("body_bn", "train")
-    return dataclasses.replace(phase, method=dataclasses.replace(method, bn_eval=mode == "frozen"))
+    frozen = details.get("body_bn", "train") == "frozen"
+    return dataclasses.replace(phase, method=dataclasses.replace(method, bn_eval=frozen))
 
 
 def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
