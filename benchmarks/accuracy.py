@@ -5,7 +5,8 @@
         [--fastai-python /path/to/venv/bin/python] [--only textbook,textbook-adam,fastai,ours] \
         [--record runs.jsonl [--first-seed K]]
 
-References, each on the same train/val/test split and the same ImageNet weights (efficientnet_lite0):
+References, each on the same train/val/test split and the same ImageNet weights (efficientnet_lite0, or
+``--backbone``; sizes below are lite0's 224 px, the others use their own input size and scale the rest):
 
 - textbook: the PyTorch transfer-learning tutorial's fine-tuning loop. A fresh linear head, the whole
   model trained from the first epoch with SGD (lr 1e-3, momentum 0.9), the rate divided by 10 every 7
@@ -59,7 +60,7 @@ from transferlab.data import load_dataset, make_splits  # noqa: E402
 from transferlab.models import LINEAR_HEAD, TransferModel, create_backbone  # noqa: E402
 from transferlab.runtime import bf16_native  # noqa: E402
 
-BACKBONE = "efficientnet_lite0"
+BACKBONE = "efficientnet_lite0"  # --backbone: an offline lite0/1/2 for every method alike
 
 
 def split_paths(data: str) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
@@ -80,8 +81,9 @@ def textbook(parts, classes, seed: int, epochs: int, optimizer: str = "sgd") -> 
     model = TransferModel(bb, len(classes), LINEAR_HEAD)
     cfg = bb.data_config
     norm = T.Normalize(cfg["mean"], cfg["std"])
-    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    eval_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    size = cfg["input_size"][-1]  # the tutorial's 224 for lite0; the backbone's own size for the others
+    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    eval_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
 
     def loader(name, tf, shuffle):
         return DataLoader(FilesDataset(*parts[name], tf), batch_size=32, shuffle=shuffle, num_workers=0)
@@ -126,7 +128,8 @@ cfg = create_backbone(spec["backbone"]).data_config
 items = [(p, y, name == "val") for name in ("train", "val") for p, y in zip(*spec[name])]
 block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=spec["classes"])), get_x=ItemGetter(0),
                   get_y=ItemGetter(1), splitter=FuncSplitter(ItemGetter(2)), item_tfms=Resize(460),
-                  batch_tfms=[*aug_transforms(size=224), Normalize.from_stats(cfg["mean"], cfg["std"])])
+                  batch_tfms=[*aug_transforms(size=cfg["input_size"][-1]),
+                              Normalize.from_stats(cfg["mean"], cfg["std"])])
 dls = block.dataloaders(items, bs=32, num_workers=0)
 
 
@@ -162,7 +165,7 @@ def fastai(python: str, parts, classes, seed: int, epochs: int) -> float:
 def ours(data: str, strategies: str, seeds: int, extra: str, out: Path) -> dict[str, tuple[list[float], float]]:
     """transferlab compare; per strategy the test accuracy of each seed and the mean seconds per run."""
     cmd = [sys.executable, "-m", "transferlab", "compare", "--data", data, "--strategies", strategies,
-           "--seeds", str(seeds), "--out", str(out), "--quiet", *shlex.split(extra)]
+           "--backbone", BACKBONE, "--seeds", str(seeds), "--out", str(out), "--quiet", *shlex.split(extra)]
     print("  " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     runs = json.loads((out / "metrics.json").read_text())["runs"]
@@ -181,9 +184,12 @@ def interval(values: list[float]) -> float:
 
 
 def main() -> None:
+    global BACKBONE
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--backbone", default=BACKBONE, choices=[f"efficientnet_lite{i}" for i in range(3)],
+                    help="the ImageNet weights every method starts from")
     ap.add_argument("--only", default="textbook,textbook-adam,fastai,ours")
     ap.add_argument("--textbook-epochs", type=int, default=25, help="the tutorial's 25")
     ap.add_argument("--adam-epochs", type=int, default=15)
@@ -197,10 +203,12 @@ def main() -> None:
                                      "the table also counts the runs already in it (a long benchmark can "
                                      "be stopped and continued with --first-seed)")
     args = ap.parse_args()
+    BACKBONE = args.backbone
 
     parts, classes = split_paths(args.data)
     only = args.only.split(",")
-    print(f"{args.data}: train {len(parts['train'][0])}, val {len(parts['val'][0])}, test {len(parts['test'][0])}; "
+    print(f"{args.data}, {BACKBONE}: train {len(parts['train'][0])}, val {len(parts['val'][0])}, "
+          f"test {len(parts['test'][0])}; "
           f"torch threads {torch.get_num_threads()}; native bf16 {bf16_native(torch.device('cpu'))}", flush=True)
     record = Path(args.record) if args.record else None
     runs = [json.loads(x) for x in record.read_text().splitlines() if x.strip()] \

@@ -7,10 +7,13 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -51,12 +54,13 @@ def test_run_parallel_compare_matches_one_process(tmp_path):
 def test_data_parallel_compare_matches_one_process_within_rounding(tmp_path):
     """DDP over two processes with the same global batch: each process trains on half of every batch
     and the averaged gradient is the whole batch's, so the runs match one process up to the order of
-    float sums. Dropout is off here: its masks would be drawn per process, a legitimate difference."""
-    home = tmp_path / "home"
+    float sums. Dropout is off here: its masks would be drawn per process, a legitimate difference.
+    Each run has a cache home of its own, so the two processes extract the frozen features together
+    (half each, gathered) and their feature cache must equal the one process's."""
     extra = ["--strategies", "features,finetune", "--seeds", "1", "--dropout", "0", "--fp32", "--parallel", "data"]
 
     def go(nproc: int, out: Path) -> dict:
-        env = {**os.environ, "TRANSFERLAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "TRANSFERLAB_HOME": str(tmp_path / f"home{nproc}"), "OMP_NUM_THREADS": "1"}
         cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *BASE, *extra, "--out", str(out)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -70,3 +74,54 @@ def test_data_parallel_compare_matches_one_process_within_rounding(tmp_path):
         assert a["strategy"] == b["strategy"] and a["epochs"] == b["epochs"]
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)
         assert abs(a["test_acc"] - b["test_acc"]) <= 0.1 + 1e-6  # at most one of the 10 test images
+    [f1], [f2] = ((tmp_path / f"home{n}" / "features").glob("*/features.npy") for n in (1, 2))
+    assert np.array_equal(np.load(f1.parent / "done.npy"), np.load(f2.parent / "done.npy"))
+    np.testing.assert_allclose(np.load(f2), np.load(f1), rtol=1e-4, atol=1e-5)
+
+
+def _worker_pid(torchrun: subprocess.Popen, rank: int) -> int:
+    """The pid of the worker process of ``rank`` that ``torchrun`` started (its child with RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+        if ppid == torchrun.pid and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun {torchrun.pid}")
+
+
+@pytest.mark.skipif(TORCHRUN is None or not Path("/proc/self/environ").exists(), reason="torchrun and /proc")
+def test_a_dying_rank_stops_the_job_with_a_message_and_resume_finishes_it(tmp_path):
+    """Two runs, one per process: rank 0 trains features (seconds) and waits for rank 1's finetune.
+    Rank 1 is killed (SIGKILL) in the middle of it: the job ends, rank 0 says why and that --resume
+    continues. --resume trains only what is missing, and rank 0 again waits for rank 1 longer than
+    the lock-step collective timeout (3 s here), which the exchange of finished runs must survive."""
+    out, home = tmp_path / "out", tmp_path / "home"
+    env = {**os.environ, "TRANSFERLAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", *BASE, "--max-epochs", "6", "--strategies",
+           "features,finetune", "--parallel", "runs", "--out", str(out)]
+    midway = out / "finetune" / "seed0" / "checkpoint.pt"  # written at the end of its head phase
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as job:
+        deadline = time.monotonic() + 300
+        while not midway.is_file():
+            assert job.poll() is None and time.monotonic() < deadline, "rank 1 never saved a checkpoint"
+            time.sleep(0.05)
+        os.kill(_worker_pid(job, 1), signal.SIGKILL)
+        output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    stopped = [line for line in output.splitlines() if "rank 0:" in line]
+    assert stopped and "--resume" in stopped[0], output[-3000:]
+    first = out / "features" / "seed0" / "result.json"
+    saved = first.stat().st_mtime_ns
+    assert not (out / "finetune" / "seed0" / "result.json").exists()
+
+    shutil.rmtree(out / "finetune")  # rank 1 trains it whole again: a wait of more than 3 s for rank 0
+    resumed = subprocess.run([*cmd, "--resume"], env={**env, "TRANSFERLAB_COLLECTIVE_TIMEOUT": "3"},
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    runs = json.loads((out / "metrics.json").read_text())["runs"]
+    assert [(r["strategy"], r["seed"]) for r in runs] == [("features", 0), ("finetune", 0)]
+    assert runs[1]["seconds"] > 3, "the wait this test is about did not happen"
+    assert first.stat().st_mtime_ns == saved  # a finished run is kept, not trained again

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
+import torch.distributed as dist
 from PIL import Image
 from rich.markup import escape
 
@@ -45,13 +48,50 @@ def _as_user_error(exc: BaseException) -> TransferlabError | None:
     return None
 
 
+RESUME_HINT = ("finished runs and the last checkpoints are kept: run the same command again with --resume "
+               "to continue")
+# How a failed collective reads when a peer process died: PyTorch raises DistError for some, and a
+# plain RuntimeError carrying gloo's or NCCL's message for others (gloo's "Connection reset by peer").
+_PEER_SIGNS = ("by peer", "gloo", "NCCL")
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (a batch scheduler's stop, ``kill``, or torchrun stopping the job)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stopped(exc: BaseException) -> tuple[str, int] | None:
+    """For a process that was stopped (SIGTERM) or whose torchrun job lost a process: the message,
+    naming why and that --resume continues, and the exit status; None for any other exception."""
+    several = distributed.world_size() > 1
+    where = f"rank {distributed.rank()}: " if several else ""
+    if isinstance(exc, _Terminated):
+        why = "stopped by SIGTERM" + (" (torchrun stops every process of a job when one fails; its report "
+                                      "names which)" if several else "")
+        return f"{where}{why}; {RESUME_HINT}", 143
+    if several and (isinstance(exc, dist.DistError) or
+                    isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in _PEER_SIGNS)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{where}an exchange with the other processes of the job failed ({first}): one of them " \
+               f"stopped or hangs; {RESUME_HINT}", 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C.
+    """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C, 143 on
+    SIGTERM, 1 when another process of a torchrun job failed (message, no traceback).
 
     Errors that the user's input, files, disk or environment caused (``TransferlabError``, and
     ``OSError`` such as a full disk, a read-only folder or a missing permission) are one line naming
     the file and what to do; ``TRANSFERLAB_DEBUG=1`` shows the traceback as well."""
     args = build_parser().parse_args(argv)
+    # Python's default for SIGTERM ends the process without a word; a message and the finally
+    # clauses (lock release, process group shutdown) are what a stopped long run should leave.
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal's condition
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         args = runs.apply_config_file(args, argv)
         # Process-wide settings belong to the program, not to the library: a notebook that imports
@@ -65,13 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted")
         return 130
     except Exception as exc:
-        error = _as_user_error(exc)
-        if error is None or os.environ.get("TRANSFERLAB_DEBUG"):
+        if on_main_thread:  # torchrun's SIGTERM follows a peer's failure: the message must come out whole
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped, error = _stopped(exc), _as_user_error(exc)
+        if stopped is None and error is None or os.environ.get("TRANSFERLAB_DEBUG"):
             raise
         # The message may hold file or class names with brackets: printed as text, not as markup.
+        if stopped is not None:
+            console.print(f"[bold red]stopped:[/bold red] {escape(stopped[0])}", highlight=False, soft_wrap=True)
+            return stopped[1]
         console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
 
 

@@ -4,6 +4,14 @@ function here is the single-process identity, so the rest of the code needs no s
 
 Backends: NCCL when the processes use CUDA GPUs, gloo on CPUs. Each process of a node uses the GPU
 of its local rank.
+
+Two kinds of waiting. Data-parallel steps keep the processes in lock step, so a collective that has
+not completed after ``TRANSFERLAB_COLLECTIVE_TIMEOUT`` seconds (default 1800) means a process hangs,
+and the job stops. Exchanging finished results is different: in run-parallel mode a process that has
+trained its share waits for the others' runs, and in a study the others wait while rank 0 alone
+works, for as long as that work takes. Those object exchanges use a second, gloo, group whose timeout
+is weeks. A process that *dies* closes its connections, which fails every peer's collective at once,
+so neither kind of wait outlives it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+_RESULTS_WAIT = datetime.timedelta(days=28)
+_results_group: Any = None  # the gloo group of the object exchanges (see the module's docstring)
 
 
 def world_size() -> int:
@@ -41,14 +51,18 @@ def is_main() -> bool:
 
 def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> str:
     """Join the process group that torchrun describes in the environment (once); return the device
-    this process should use (``cuda:<local rank>`` when the job runs on GPUs, else ``device``)."""
+    this process should use (``cuda:<local rank>`` when the job runs on GPUs, else ``device``).
+    ``timeout_s``: of lock-step collectives, unless ``TRANSFERLAB_COLLECTIVE_TIMEOUT`` says otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(local_rank())
+    global _results_group
     if not dist.is_initialized():
+        timeout_s = float(os.environ.get("TRANSFERLAB_COLLECTIVE_TIMEOUT", timeout_s))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        _results_group = dist.new_group(backend="gloo", timeout=_RESULTS_WAIT)
     return f"cuda:{local_rank()}" if cuda else device
 
 
@@ -63,7 +77,7 @@ def gather_lists(items: Sequence[T]) -> list[T]:
     if not dist.is_initialized():
         return list(items)
     parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, list(items))
+    dist.all_gather_object(parts, list(items), group=_results_group)
     return [x for part in parts for x in part]
 
 
@@ -72,7 +86,7 @@ def broadcast(obj: T) -> T:
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_results_group)
     return box[0]
 
 
@@ -83,13 +97,32 @@ def my_share(jobs: Sequence[T]) -> list[T]:
 
 def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
+    global _results_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _results_group = None
 
 
 def shard(t: torch.Tensor) -> torch.Tensor:
     """This process's rows of a batch that every process holds whole (rows rank, rank + W, ...)."""
     return t[rank()::world_size()]
+
+
+def gather_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The whole ``(n, ...)`` tensor of which this process holds rows rank, rank + W, ... (as ``shard``
+    cuts them), on every process; ``rows`` itself alone. A lock-step collective on the main group
+    (NCCL moves device tensors without a copy to the host)."""
+    if not dist.is_initialized():
+        return rows
+    w, per = dist.get_world_size(), -(-n // dist.get_world_size())
+    padded = rows.new_zeros((per, *rows.shape[1:]))  # all_gather wants equal shapes
+    padded[:len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    whole = rows.new_empty((n, *rows.shape[1:]))
+    for r, part in enumerate(parts):
+        whole[r::w] = part[:len(range(r, n, w))]
+    return whole
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from ..data.transforms import eval_batch, view_batch
 from ..models.backbone import DEFAULT_BACKBONE, Backbone
 from ..models.catalog import create_backbone
 from ..models.heads import TransferModel
+from ..runtime import distributed
 from ..runtime.bnfold import folded_batchnorm
 from ..runtime.device import Precision
 from .batches import TensorBatches
@@ -50,6 +51,7 @@ class ImageSource:
     precision: Precision
     batch_size: int = 32  # no gradients are kept: on a GPU this can be far larger than the training batch
     quiet: bool = False
+    sharded: bool = False  # data-parallel torchrun job: each process encodes its share, the rows are gathered
 
     def view(self, indices: np.ndarray, view: int, aug_seed: int = 0) -> torch.Tensor:
         """View ``view`` of the images ``indices`` (0: the centre crop; see ``data.transforms.view_batch``)."""
@@ -70,6 +72,25 @@ def _folded(model: TransferModel, sample: torch.Tensor, start: int, stop: int,
     fp32 = dataclasses.replace(precision, bf16=False)
     return folded_batchnorm(model, lambda: _run(model, sample[:2].float(), stop, fp32, start),
                             key=("features", start, stop), enabled=precision.fold_bn, memo=model.fold_memo)
+
+
+def _encode_view(model: TransferModel, images: ImageSource, idx: np.ndarray, view: int, level: int, bar: Any,
+                 aug_seed: int = 0) -> torch.Tensor:
+    """The input of ``level`` for view ``view`` of the images ``idx``, in that order (float32, on the
+    model's device). With ``images.sharded`` this process encodes rows rank, rank + W, ... and every
+    process gets all rows."""
+    world = distributed.world_size()
+    sharded = images.sharded and len(idx) >= world
+    mine = idx[distributed.rank()::world] if sharded else idx
+    chunks = []
+    for s in range(0, len(mine), images.batch_size):
+        part = mine[s:s + images.batch_size]
+        chunks.append(_run(model, images.view(part, view, aug_seed), level, images.precision))
+        bar.advance(len(part))
+    if not sharded:
+        return torch.cat(chunks)
+    bar.advance(len(idx) - len(mine))  # the other processes' rows
+    return distributed.gather_rows(torch.cat(chunks), len(idx))
 
 
 class FeatureStore:
@@ -103,34 +124,58 @@ class FeatureStore:
             np.save(tmp, self.done)
 
     def get(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> torch.Tensor:
-        """Features (views, len(indices), F); computes (with the pristine pretrained ``model``) what is missing."""
+        """Features (views, len(indices), F); computes (with the pristine pretrained ``model``) what is missing.
+        With ``images.sharded`` every process of the job must call this together."""
         views = min(views, MAX_VIEWS)
-        todo = [(v, indices[~self.done[indices, v]]) for v in range(views)]
-        if sum(len(t) for _, t in todo):
+        if images.sharded:
+            self._fill_together(model, images, indices, views)
+        elif not self.done[indices, :views].all():
             with folder_lock(self.folder, wait=True):  # another process may be filling it too
-                self._fill(model, images, indices, views)
+                self._reload_done()
+                todo = self._todo(indices, views, ~self.done[indices, :views])
+                for (v, idx), rows in zip(todo, self._extract(model, images, todo)):
+                    self._write(v, idx, rows)
         return torch.from_numpy(np.stack([self.features[indices, v] for v in range(views)]))
 
-    def _fill(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> None:
+    def _reload_done(self) -> None:
         done = self.folder / "done.npy"
         if done.is_file():
             self.done |= np.load(done)
-        todo = [(v, indices[~self.done[indices, v]]) for v in range(views)]
-        n_todo = sum(len(t) for _, t in todo)
-        if n_todo:
-            model.eval()
-            first = next(t for _, t in todo if len(t))[:2]
-            with progress_bar("extracting features", n_todo, images.quiet) as bar, \
-                    _folded(model, images.view(first, 0, self.aug_seed), 0, model.pooled_level, images.precision):
-                for v, missing in todo:
-                    for s in range(0, len(missing), images.batch_size):
-                        idx = np.sort(missing[s:s + images.batch_size])
-                        x = images.view(idx, v, self.aug_seed)
-                        self.features[idx, v] = _run(model, x, model.pooled_level, images.precision).cpu().numpy()
-                        bar.advance(len(idx))
-                    self.features.flush()
-                    self.done[missing, v] = True
-                    self._save_done()
+
+    @staticmethod
+    def _todo(indices: np.ndarray, views: int, missing: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        return [(v, indices[missing[:, v]]) for v in range(views) if missing[:, v].any()]
+
+    def _extract(self, model: TransferModel, images: ImageSource,
+                 todo: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        """The features of each (view, images) of ``todo``."""
+        if not todo:
+            return []
+        model.eval()
+        level, first = model.pooled_level, todo[0][1][:2]
+        with progress_bar("extracting features", sum(len(idx) for _, idx in todo), images.quiet) as bar, \
+                _folded(model, images.view(first, 0, self.aug_seed), 0, level, images.precision):
+            return [_encode_view(model, images, idx, v, level, bar, self.aug_seed).cpu().numpy() for v, idx in todo]
+
+    def _write(self, view: int, idx: np.ndarray, rows: np.ndarray) -> None:
+        self.features[idx, view] = rows
+        self.features.flush()
+        self.done[idx, view] = True
+        self._save_done()
+
+    def _fill_together(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> None:
+        """A data-parallel job's fill: what any process lacks (nodes may have caches of their own) is
+        encoded by all of them, a share each; the first process of every node writes it."""
+        with folder_lock(self.folder, wait=True):  # never held across a collective
+            self._reload_done()
+        missing = np.logical_or.reduce(distributed.gather_lists([~self.done[indices, :views]]))
+        todo = self._todo(indices, views, missing)
+        rows = self._extract(model, images, todo)
+        if todo and distributed.local_rank() == 0:
+            with folder_lock(self.folder, wait=True):
+                for (v, idx), r in zip(todo, rows):
+                    self._write(v, idx, r)
+        distributed.barrier()  # written before any process of the node reads it
 
 
 def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, labels: np.ndarray, level: int,
@@ -141,18 +186,10 @@ def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, label
     Stored in float32: a cache advanced group by group (``advance``) then holds exactly what one
     pass through the prefix gives, so a resumed run matches an uninterrupted one.
     """
-    out: list[torch.Tensor] = []
     model.eval()
-    bs = images.batch_size
     with progress_bar(f"caching level {level} x{views}", views * len(indices), images.quiet) as bar, \
             _folded(model, images.view(indices[:2], 0), 0, level, images.precision):
-        for v in range(views):
-            chunks = []
-            for s in range(0, len(indices), bs):
-                idx = indices[s:s + bs]
-                chunks.append(_run(model, images.view(idx, v), level, images.precision).to(torch.float32))
-                bar.advance(len(idx))
-            out.append(torch.cat(chunks))
+        out = [_encode_view(model, images, indices, v, level, bar) for v in range(views)]
     return TensorBatches(torch.stack(out), torch.as_tensor(labels[indices]), level, batch_size)
 
 

@@ -95,11 +95,11 @@ class PhaseInputs:
     """
 
     def __init__(self, model: TransferModel, prep: Prepared, config: TrainConfig, store: FeatureStore | None,
-                 quiet: bool):
+                 quiet: bool, data_parallel: bool = False):
         self.model, self.prep, self.config, self.store = model, prep, config, store
         self.batch_size = config.schedule.batch_size
         self.images = ImageSource(prep.images, prep.data_config, prep.precision,
-                                  prep.precision.inference_batch(self.batch_size), quiet)
+                                  prep.precision.inference_batch(self.batch_size), quiet, sharded=data_parallel)
         self.prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an inner level
 
     def level(self, phase: Phase) -> int:
@@ -267,7 +267,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
         model.load_state_dict(state.model)
     ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}), writes)
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
-    inputs = PhaseInputs(model, prep, config, store, quiet)
+    inputs = PhaseInputs(model, prep, config, store, quiet, data_parallel)
     budget = budget if budget is not None else config.schedule.time_budget
     if budget is not None:
         ckpt.state.details["budget_s"] = round(budget, 1)
