@@ -182,6 +182,26 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, deterministic)
         assert cut[key] == pytest.approx(full[key], abs=1e-6), key
 
 
+def test_sigterm_stops_with_a_message_and_resume_finishes(tmp_path):
+    """A scheduler's or a user's SIGTERM: exit status 143, a line that says --resume continues, the
+    results folder released (the resumed command may take it) and the run finished by --resume."""
+    data = make_class_folders(tmp_path / "data", n_per_class=16, n_classes=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "cut"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    ckpt = tmp_path / "cut" / "chain-thaw" / "seed0" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ckpt.is_file():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output[-2000:]
+    assert "stopped by SIGTERM" in output and "--resume" in output
+    subprocess.run(_train_cmd(data, tmp_path / "cut", "--resume"), check=True, env=env, capture_output=True)
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["runs"][0]["strategy"] == "chain-thaw"
+
+
 def test_train_command_writes_results_directory(tmp_path):
     from transferlab.cli import main
 
