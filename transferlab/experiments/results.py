@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, folder_lock, remove_stale_temporaries, write_json
-from ..runtime.distributed import broadcast, is_main, world_size
+from ..runtime.distributed import backend, broadcast, is_main, joined, world_size
 from ..train.run import Prepared, RunResult
 
 if TYPE_CHECKING:
@@ -129,8 +129,10 @@ def _versions() -> dict[str, str]:
 def _processes(exp: Experiment) -> dict[str, Any]:
     """How the runs were spread over a torchrun job, and the batch and learning rates that result."""
     world, mode, batch = world_size(), exp.train.runtime.parallel, exp.train.schedule.batch_size
-    info: dict[str, Any] = {"count": world, "mode": mode if world > 1 else "single"}
-    if world > 1 and mode == "data":
+    info: dict[str, Any] = {"count": world, "mode": mode if joined() else "single"}
+    if joined():
+        info["backend"] = backend()
+    if joined() and mode == "data":
         info |= {"global_batch": batch, "batch_per_process": -(-batch // world),
                  "learning_rates": "as in one process: the global batch is the --batch-size"}
     return info

@@ -44,6 +44,21 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def launched() -> bool:
+    """Whether torchrun started this process (also as the only process of its job)."""
+    return dist.is_torchelastic_launched() or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def joined() -> bool:
+    """Whether this process is in a process group (``init_from_env`` under torchrun)."""
+    return dist.is_initialized()
+
+
+def backend() -> str | None:
+    """The main group's backend (nccl, gloo), None outside a process group."""
+    return str(dist.get_backend()) if dist.is_initialized() else None
+
+
 def is_main() -> bool:
     """Whether this process writes shared results (rank 0)."""
     return rank() == 0
@@ -52,8 +67,10 @@ def is_main() -> bool:
 def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> str:
     """Join the process group that torchrun describes in the environment (once); return the device
     this process should use (``cuda:<local rank>`` when the job runs on GPUs, else ``device``).
-    ``timeout_s``: of lock-step collectives, unless ``TRANSFERLAB_COLLECTIVE_TIMEOUT`` says otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    ``timeout_s``: of lock-step collectives, unless ``TRANSFERLAB_COLLECTIVE_TIMEOUT`` says otherwise.
+    A one-process torchrun job joins a group of one: ``--parallel data`` then runs the whole
+    DistributedDataParallel path (NCCL on a GPU), a smoke test of it on a machine with one GPU."""
+    if not launched():
         return device
     cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
     if cuda:

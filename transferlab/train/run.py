@@ -242,7 +242,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     ``time_budget``); counted from the run's start, across a resume. Under torchrun with
     ``config.runtime.parallel == "data"`` every process trains this run together (DDP) and rank 0
     alone writes its files."""
-    data_parallel = config.runtime.parallel == "data" and distributed.world_size() > 1
+    data_parallel = config.runtime.parallel == "data" and distributed.joined()
     writes = not data_parallel or distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "result.json"
