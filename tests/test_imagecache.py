@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from transferlab.data import load_dataset
@@ -27,11 +28,19 @@ def test_cached_eval_matches_direct_preprocessing(class_folders):
     assert direct.shape == (3, 3, 40, 40)
 
 
-def test_augmentation_is_seeded_and_in_range(class_folders):
+@pytest.mark.parametrize("policy", ["none", "trivial"])
+def test_augmentation_is_seeded_and_in_range(class_folders, policy):
     cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875}
     arr = build_image_cache(load_dataset(class_folders), 36, quiet=True)
-    a = train_batch(arr[:8], cfg, torch.Generator().manual_seed(1))
-    b = train_batch(arr[:8], cfg, torch.Generator().manual_seed(1))
-    c = train_batch(arr[:8], cfg, torch.Generator().manual_seed(2))
+    a = train_batch(arr[:8], cfg, torch.Generator().manual_seed(1), policy=policy)
+    torch.manual_seed(123)  # the policy's draws must not depend on (or disturb) torch's global generator
+    b = train_batch(arr[:8], cfg, torch.Generator().manual_seed(1), policy=policy)
+    after = torch.rand(1)
+    c = train_batch(arr[:8], cfg, torch.Generator().manual_seed(2), policy=policy)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)
     assert a.shape == (8, 3, 32, 32) and a.min() >= -1.0 and a.max() <= 1.0
+    if policy == "trivial":  # the same crops, then an operation on most images
+        plain = train_batch(arr[:8], cfg, torch.Generator().manual_seed(1))
+        assert not torch.equal(a, plain)

@@ -138,8 +138,9 @@ def _train_cmd(data, out, *extra):
     return [sys.executable, "-c", boot, "train", "--data", str(data), "--strategy", "chain-thaw",
             "--out", str(out), "--backbone", "test_tiny", "--max-epochs", "3", "--patience", "3",
             "--views", "2", "--batch-size", "8", "--checkpoint-seconds", "0", "--quiet",
-            # the cosine rates are a function of the epoch: a resumed phase continues on the same curve
-            "--body-schedule", "cosine", "--label-smoothing", "0.1", *extra]
+            # the cosine rates are a function of the epoch: a resumed phase continues on the same curve;
+            # the augmentation policy draws from the epoch's generator: a resumed epoch sees the same images
+            "--body-schedule", "cosine", "--label-smoothing", "0.1", "--augment-policy", "trivial", *extra]
 
 
 CUDA = torch.cuda.is_available()

@@ -65,8 +65,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Map
         if kind is bool:
             # The flag turns away from the dataclass default: --fp32, --no-augment.
             flag = flag if not f.default else "--no-" + f.name.replace("_", "-")
+            # The help describes the setting; a --no- flag says that it turns it off.
+            shown = f"turn off: {meta.get('help')}" if f.default and meta.get("help") else meta.get("help")
             group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
-                               default=default, help=meta.get("help"))
+                               default=default, help=shown)
             continue
         if typing.get_origin(kind) is tuple:
             parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))

@@ -76,18 +76,34 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
     return torch.where(to_device(flips, x.device).view(-1, 1, 1, 1), out.flip(-1), out)
 
 
+def trivial_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's TrivialAugmentWide (Mueller and Hutter, 2021) on each image of a float NCHW batch in
+    0..255: one operation of random strength per image. Its random draws use torch's global generator,
+    so they run under a seed drawn from ``generator`` with that generator's state set aside."""
+    from torchvision.transforms import v2
+
+    policy = v2.TrivialAugmentWide()
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([policy(img) for img in x.round().to(torch.uint8)]).float()
+
+
 def train_batch(images: ImageBatch, data_config: dict[str, Any], generator: torch.Generator,
                 scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                flip: bool = True) -> torch.Tensor:
-    """Random resized crop (area ``scale``, aspect ``ratio``) + horizontal flip, normalised.
+                flip: bool = True, policy: str = "none") -> torch.Tensor:
+    """Random resized crop (area ``scale``, aspect ``ratio``) + horizontal flip, then ``policy`` ("none" or
+    "trivial": ``trivial_augment``), normalised.
 
-    The crop parameters come from ``generator`` only, so a seed fixes the augmentation.
+    Every random choice comes from ``generator``, so a seed fixes the augmentation.
     """
     x = as_tensor(images)
     u = torch.rand(len(x), 5, generator=generator)
     boxes, flips = crop_params(u, x.shape[1], scale, ratio)
-    out = resized_crops(x, boxes, flips & flip, data_config["input_size"][-1])
-    return normalise(out.clamp_(0, 255), data_config)
+    out = resized_crops(x, boxes, flips & flip, data_config["input_size"][-1]).clamp_(0, 255)
+    if policy == "trivial":
+        out = trivial_augment(out, generator)
+    return normalise(out, data_config)
 
 
 def view_batch(images: ImageBatch, indices: np.ndarray, view: int, data_config: dict[str, Any],

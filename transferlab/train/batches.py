@@ -49,10 +49,11 @@ class ImageBatches:
     balanced = False  # training order from the balanced sampler (epoch_order)
 
     def __init__(self, images: ImageStore, indices: np.ndarray, labels: np.ndarray, data_config: dict,
-                 batch_size: int = 32, augment: bool = True):
+                 batch_size: int = 32, augment: bool = True, policy: str = "none"):
         self.images, self.indices = images, np.asarray(indices)
         self.labels = torch.as_tensor(labels[self.indices]).to(images.device)
         self.data_config, self.batch_size, self.augment = data_config, batch_size, augment
+        self.policy = policy  # data.transforms.train_batch's policy on top of crop and flip
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -64,7 +65,7 @@ class ImageBatches:
         chunks = [self.indices[order[s:s + self.batch_size].numpy()] for s in starts]
         for start, images in zip(starts, self.images.stream(chunks)):
             if generator is not None and self.augment:
-                x = train_batch(images, self.data_config, generator)
+                x = train_batch(images, self.data_config, generator, policy=self.policy)
             else:
                 x = eval_batch(images, self.data_config)
             yield x, labels[start:start + self.batch_size]

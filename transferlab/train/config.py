@@ -42,6 +42,10 @@ class ScheduleConfig:
     patience: int | None = option(None, "cap on the early-stopping patience of every phase", minimum=1)
     augment: bool = option(True, "random crops and flips while training")
     views: int = option(3, "cached augmented views per image for phases with a frozen prefix", minimum=1)
+    augment_policy: str = option("none", "more augmentation for phases that train on whole images (finetune's "
+                                         "whole-model phase, scratch): none, or trivial (TrivialAugmentWide: one "
+                                         "random operation of random strength per image, after the crop and flip)",
+                                 choices=("none", "trivial"))
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
     head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "

@@ -117,7 +117,8 @@ class PhaseInputs:
         size = self.batch_size if train else self.images.batch_size
         if level == 0:
             augment = train and self.config.schedule.augment
-            return ImageBatches(self.prep.images, idx, labels, self.prep.data_config, size, augment)
+            return ImageBatches(self.prep.images, idx, labels, self.prep.data_config, size, augment,
+                                self.config.schedule.augment_policy)
         if level == self.model.pooled_level and pristine and self.store is not None:
             feats = self.store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
             return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
