@@ -98,34 +98,35 @@ def _worker_pid(torchrun: subprocess.Popen, rank: int) -> int:
 
 @pytest.mark.skipif(TORCHRUN is None or not Path("/proc/self/environ").exists(), reason="torchrun and /proc")
 def test_a_dying_rank_stops_the_job_with_a_message_and_resume_finishes_it(tmp_path):
-    """Two runs, one per process: rank 0 trains features (seconds) and waits for rank 1's finetune.
+    """Two runs, one per process: rank 0 fits the probe (a second) and waits for rank 1's finetune.
     Rank 1 is killed (SIGKILL) in the middle of it: the job ends, rank 0 says why and that --resume
     continues. --resume trains only what is missing, and rank 0 again waits for rank 1 longer than
     the lock-step collective timeout (3 s here), which the exchange of finished runs must survive."""
     out, home = tmp_path / "out", tmp_path / "home"
     env = {**os.environ, "TRANSFERLAB_HOME": str(home), "OMP_NUM_THREADS": "1"}
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", *BASE, "--max-epochs", "6", "--strategies",
-           "features,finetune", "--parallel", "runs", "--out", str(out)]
-    midway = out / "finetune" / "seed0" / "checkpoint.pt"  # written at the end of its head phase
+           "probe,finetune", "--parallel", "runs", "--checkpoint-seconds", "0", "--out", str(out)]
+    first = out / "probe" / "seed0" / "result.json"
+    midway, finished = (out / "finetune" / "seed0" / name for name in ("checkpoint.pt", "result.json"))
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as job:
         deadline = time.monotonic() + 300
-        while not midway.is_file():
-            assert job.poll() is None and time.monotonic() < deadline, "rank 1 never saved a checkpoint"
-            time.sleep(0.05)
+        while not (first.is_file() and midway.is_file()):
+            assert job.poll() is None and time.monotonic() < deadline, "the runs never got under way"
+            time.sleep(0.02)
+        assert not finished.exists(), "rank 1 finished before it could be killed"
         os.kill(_worker_pid(job, 1), signal.SIGKILL)
         output, _ = job.communicate(timeout=300)
     assert job.returncode != 0
     stopped = [line for line in output.splitlines() if "rank 0:" in line]
     assert stopped and "--resume" in stopped[0], output[-3000:]
-    first = out / "features" / "seed0" / "result.json"
     saved = first.stat().st_mtime_ns
-    assert not (out / "finetune" / "seed0" / "result.json").exists()
+    assert not finished.exists()
 
     shutil.rmtree(out / "finetune")  # rank 1 trains it whole again: a wait of more than 3 s for rank 0
     resumed = subprocess.run([*cmd, "--resume"], env={**env, "TRANSFERLAB_COLLECTIVE_TIMEOUT": "3"},
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     runs = json.loads((out / "metrics.json").read_text())["runs"]
-    assert [(r["strategy"], r["seed"]) for r in runs] == [("features", 0), ("finetune", 0)]
+    assert [(r["strategy"], r["seed"]) for r in runs] == [("probe", 0), ("finetune", 0)]
     assert runs[1]["seconds"] > 3, "the wait this test is about did not happen"
     assert first.stat().st_mtime_ns == saved  # a finished run is kept, not trained again
