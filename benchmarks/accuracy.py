@@ -60,7 +60,7 @@ from transferlab.data import load_dataset, make_splits  # noqa: E402
 from transferlab.models import LINEAR_HEAD, TransferModel, create_backbone  # noqa: E402
 from transferlab.runtime import bf16_native  # noqa: E402
 
-BACKBONE = "efficientnet_lite0"  # --backbone: an offline lite0/1/2 for every method alike
+BACKBONE = "efficientnet_lite0"  # the default of --backbone: an offline lite0/1/2 for every method alike
 
 
 def split_paths(data: str) -> tuple[dict[str, tuple[list[Path], np.ndarray]], list[str]]:
@@ -74,10 +74,10 @@ def split_paths(data: str) -> tuple[dict[str, tuple[list[Path], np.ndarray]], li
 # The textbook loop
 
 
-def textbook(parts, classes, seed: int, epochs: int, optimizer: str = "sgd") -> float:
+def textbook(parts, classes, seed: int, epochs: int, backbone: str, optimizer: str = "sgd") -> float:
     torch.manual_seed(seed)
     np.random.seed(seed)
-    bb = create_backbone(BACKBONE)
+    bb = create_backbone(backbone)
     model = TransferModel(bb, len(classes), LINEAR_HEAD)
     cfg = bb.data_config
     norm = T.Normalize(cfg["mean"], cfg["std"])
@@ -148,8 +148,8 @@ print("RESULT", json.dumps({"acc": float((probs.argmax(1) == y).float().mean())}
 """
 
 
-def fastai(python: str, parts, classes, seed: int, epochs: int) -> float:
-    spec = {"seed": seed, "epochs": epochs, "backbone": BACKBONE, "classes": list(classes),
+def fastai(python: str, parts, classes, seed: int, epochs: int, backbone: str) -> float:
+    spec = {"seed": seed, "epochs": epochs, "backbone": backbone, "classes": list(classes),
             **{k: ([str(p) for p in paths], [classes[int(i)] for i in labels]) for k, (paths, labels) in parts.items()}}
     done = subprocess.run([python, "-c", FASTAI_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -162,10 +162,11 @@ def fastai(python: str, parts, classes, seed: int, epochs: int) -> float:
 # ours
 
 
-def ours(data: str, strategies: str, seeds: int, extra: str, out: Path) -> dict[str, tuple[list[float], float]]:
+def ours(data: str, strategies: str, seeds: int, extra: str, out: Path,
+         backbone: str) -> dict[str, tuple[list[float], float]]:
     """transferlab compare; per strategy the test accuracy of each seed and the mean seconds per run."""
     cmd = [sys.executable, "-m", "transferlab", "compare", "--data", data, "--strategies", strategies,
-           "--backbone", BACKBONE, "--seeds", str(seeds), "--out", str(out), "--quiet", *shlex.split(extra)]
+           "--backbone", backbone, "--seeds", str(seeds), "--out", str(out), "--quiet", *shlex.split(extra)]
     print("  " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     runs = json.loads((out / "metrics.json").read_text())["runs"]
@@ -184,7 +185,6 @@ def interval(values: list[float]) -> float:
 
 
 def main() -> None:
-    global BACKBONE
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--seeds", type=int, default=3)
@@ -203,21 +203,22 @@ def main() -> None:
                                      "the table also counts the runs already in it (a long benchmark can "
                                      "be stopped and continued with --first-seed)")
     args = ap.parse_args()
-    BACKBONE = args.backbone
+    backbone = args.backbone
 
     parts, classes = split_paths(args.data)
     only = args.only.split(",")
-    print(f"{args.data}, {BACKBONE}: train {len(parts['train'][0])}, val {len(parts['val'][0])}, "
+    print(f"{args.data}, {backbone}: train {len(parts['train'][0])}, val {len(parts['val'][0])}, "
           f"test {len(parts['test'][0])}; "
           f"torch threads {torch.get_num_threads()}; native bf16 {bf16_native(torch.device('cpu'))}", flush=True)
     record = Path(args.record) if args.record else None
     runs = [json.loads(x) for x in record.read_text().splitlines() if x.strip()] \
         if record is not None and record.is_file() else []
     references = {
-        "textbook": (args.textbook_epochs, lambda seed: textbook(parts, classes, seed, args.textbook_epochs)),
-        "textbook-adam": (args.adam_epochs, lambda seed: textbook(parts, classes, seed, args.adam_epochs, "adam")),
+        "textbook": (args.textbook_epochs, lambda seed: textbook(parts, classes, seed, args.textbook_epochs, backbone)),
+        "textbook-adam": (args.adam_epochs, lambda seed: textbook(parts, classes, seed, args.adam_epochs, backbone,
+                                                                          "adam")),
         "fastai": (args.fastai_epochs, lambda seed: fastai(args.fastai_python, parts, classes, seed,
-                                                           args.fastai_epochs)),
+                                                           args.fastai_epochs, backbone)),
     }
     for method, (epochs, run_one) in references.items():
         if method not in only or (method == "fastai" and not args.fastai_python):
@@ -240,7 +241,7 @@ def main() -> None:
             results[method] = ([r["acc"] for r in mine], float(np.mean([r["seconds"] for r in mine])))
     if "ours" in only:
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tl-acc-")) / "out"
-        results |= ours(args.data, args.ours, args.seeds, args.ours_args, out)
+        results |= ours(args.data, args.ours, args.seeds, args.ours_args, out, backbone)
 
     base_name = next((m for m in ("textbook-adam", "textbook") if m in results), None)
     base = np.mean(results[base_name][0]) if base_name else None

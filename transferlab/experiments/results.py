@@ -129,10 +129,10 @@ def _versions() -> dict[str, str]:
 def _processes(exp: Experiment) -> dict[str, Any]:
     """How the runs were spread over a torchrun job, and the batch and learning rates that result."""
     world, mode, batch = world_size(), exp.train.runtime.parallel, exp.train.schedule.batch_size
-    info: dict[str, Any] = {"count": world, "mode": mode if joined() else "single"}
-    if joined():
-        info["backend"] = backend()
-    if joined() and mode == "data":
+    if not joined():
+        return {"count": world, "mode": "single"}
+    info: dict[str, Any] = {"count": world, "mode": mode, "backend": backend()}
+    if mode == "data":
         info |= {"global_batch": batch, "batch_per_process": -(-batch // world),
                  "learning_rates": "as in one process: the global batch is the --batch-size"}
     return info

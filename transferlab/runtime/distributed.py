@@ -70,12 +70,12 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> str:
     ``timeout_s``: of lock-step collectives, unless ``TRANSFERLAB_COLLECTIVE_TIMEOUT`` says otherwise.
     A one-process torchrun job joins a group of one: ``--parallel data`` then runs the whole
     DistributedDataParallel path (NCCL on a GPU), a smoke test of it on a machine with one GPU."""
+    global _results_group
     if not launched():
         return device
     cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(local_rank())
-    global _results_group
     if not dist.is_initialized():
         timeout_s = float(os.environ.get("TRANSFERLAB_COLLECTIVE_TIMEOUT", timeout_s))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
