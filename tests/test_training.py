@@ -254,6 +254,11 @@ def test_schedule_knobs_reach_the_phases():
     warm, body = build_strategy("finetune", groups, tuned).phases
     assert (body.method.schedule, body.method.label_smoothing) == ("cosine", 0.1)
     assert (warm.method.schedule, warm.method.label_smoothing) == ("constant", 0)  # the warm-up is as before
+    # Layer-wise rate decay: the last group at the body rate, each group below it `decay` times slower.
+    decayed = TrainConfig(schedule=ScheduleConfig(layer_decay=0.5)).strategy_options()
+    rates = build_strategy("finetune", groups, decayed).phases[1].method.group_lr
+    assert [rates[g] for g in groups] == pytest.approx([1e-4 * 0.5 ** (len(groups) - 1 - i) for i in range(len(groups))])
+    assert not build_strategy("finetune", groups, TrainConfig().strategy_options()).phases[1].method.group_lr
     # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
     assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4
 

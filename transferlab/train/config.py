@@ -47,7 +47,11 @@ class ScheduleConfig:
                                          "random operation of random strength per image, after the crop and flip)",
                                  choices=("none", "trivial"))
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
-    discriminative: bool = option(False, "gradual: lower learning rates for lower groups")
+    discriminative: bool = option(False, "gradual: lower learning rates for lower groups (2.6x per group, "
+                                         "ULMFiT's; --layer-decay sets another factor)")
+    layer_decay: float = option(1.0, "layer-wise learning-rate decay of phases that train the body: each group "
+                                     "below the last learns at this times the rate of the group above it (1: "
+                                     "one rate for all; e.g. 0.8)", minimum=0.01)
     head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "
                                            "chain-thaw, gradual; default: 1 for finetune, whose body learns little "
                                            "under an over-trained head; chain-thaw and gradual train it to the "
@@ -111,4 +115,4 @@ class TrainConfig:
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
                                body_bn=s.body_bn, warmup_epochs=s.head_epochs,
                                balanced=s.class_weights == "auto", body_schedule=s.body_schedule,
-                               label_smoothing=s.label_smoothing, **given).scaled(s.max_epochs, s.patience)
+                               label_smoothing=s.label_smoothing, layer_decay=s.layer_decay, **given).scaled(s.max_epochs, s.patience)

@@ -124,6 +124,19 @@ class StrategyOptions:
     balanced: bool = False  # every phase weights its loss by class (imbalanced data)
     body_schedule: str = "constant"  # the learning-rate schedule of phases that train the body
     label_smoothing: float = 0.0  # of phases that train the body
+    layer_decay: float = 1.0  # per group below the last, body rates are multiplied by this (1: one rate)
+
+    def body_gradient(self, groups: list[str], max_epochs: int, patience: int, bn_eval: bool | None,
+                      decay: float | None = None) -> Gradient:
+        """How a phase that trains (part of) the body learns: ``body_lr`` for the head and the last group,
+        ``decay`` (default ``layer_decay``) times less per group further down (discriminative rates:
+        Howard & Ruder 2018; layer-wise rate decay: Clark et al. 2020), the body schedule and smoothing."""
+        decay = self.layer_decay if decay is None else decay
+        rates = {g: self.body_lr * decay ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
+            if decay != 1 else {}
+        return Gradient(lr=self.body_lr, group_lr=rates, max_epochs=max_epochs, patience=patience,
+                        bn_eval=self.body_bn_eval(bn_eval), schedule=self.body_schedule,
+                        label_smoothing=self.label_smoothing)
 
     def body_bn_eval(self, auto: bool | None) -> bool | None:
         """``Gradient.bn_eval`` of phases that train the body; ``auto``: the strategy's own policy."""
@@ -185,17 +198,14 @@ FINETUNE_WARMUP = 1
 @STRATEGIES.register("finetune")
 def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head warm-up on frozen features, then the whole model at a lower rate."""
-    whole = Phase("all", (*groups, HEAD), Gradient(lr=o.body_lr, max_epochs=o.body_epochs, patience=o.body_patience,
-                                                   bn_eval=o.body_bn_eval(None), schedule=o.body_schedule,
-                                                   label_smoothing=o.label_smoothing))
+    whole = Phase("all", (*groups, HEAD), o.body_gradient(groups, o.body_epochs, o.body_patience, None))
     return Strategy("finetune", pretrained=True, phases=[_head_phase(o, FINETUNE_WARMUP), whole])
 
 
 @STRATEGIES.register("chain-thaw")
 def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
-    step = Gradient(lr=o.body_lr, max_epochs=o.step_epochs, patience=o.step_patience, bn_eval=o.body_bn_eval(True),
-                    schedule=o.body_schedule, label_smoothing=o.label_smoothing)
+    step = o.body_gradient(groups, o.step_epochs, o.step_patience, True)
     steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
     whole = Phase("all", (*groups, HEAD), step)
     return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o, o.head_epochs), *steps, whole])
@@ -204,14 +214,10 @@ def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
 @STRATEGIES.register("gradual")
 def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
     """Head first, then thaw one more group per stage from the last one down (ULMFiT)."""
+    step = o.body_gradient(groups, o.step_epochs, o.step_patience, True,
+                           decay=1 / 2.6 if o.discriminative and o.layer_decay == 1 else None)
     phases = [_head_phase(o, o.head_epochs)]
-    for k in range(1, len(groups) + 1):
-        thawed = groups[-k:]
-        rates = {g: o.body_lr / 2.6 ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
-            if o.discriminative else {}
-        phases.append(Phase(f"thaw last {k}", (*thawed, HEAD), Gradient(
-            lr=o.body_lr, group_lr=rates, max_epochs=o.step_epochs, patience=o.step_patience,
-            bn_eval=o.body_bn_eval(True), schedule=o.body_schedule, label_smoothing=o.label_smoothing)))
+    phases += [Phase(f"thaw last {k}", (*groups[-k:], HEAD), step) for k in range(1, len(groups) + 1)]
     return Strategy("gradual", pretrained=True, phases=phases)
 
 
