@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import signal
@@ -111,6 +112,34 @@ def test_early_stopping_when_validation_loss_rises():
     assert evaluate(model, val, CPU)[0] == pytest.approx(result.best_val_loss, abs=1e-6)
 
 
+def test_weight_average_is_scored_beside_the_raw_weights_and_the_better_kept():
+    torch.manual_seed(0)
+    x = torch.randn(96, 8)
+    y = (x[:, 0] + 0.5 * torch.randn(96) > 0).long()  # noisy labels: single steps jump around
+    train = TensorBatches(x[None, :64], y[:64], level=1, batch_size=8)
+    val = TensorBatches(x[None, 64:], y[64:], level=1, batch_size=16)
+    empty = Backbone("none", GroupedNet({}, torch.nn.Identity(), torch.nn.Identity(), 8), {}, [], 8)
+    model = TransferModel(empty, 2, HeadSpec(hidden=()))
+    phase = Phase("head", ("head",), Gradient(lr=0.5, max_epochs=12, patience=12, ema=0.9))
+    result = fit_phase(model, phase, train, val, PhaseContext(CPU, quiet=True))
+    raw = [h["val_loss"] for h in result.history]
+    averaged = [h["ema_val_loss"] for h in result.history]
+    assert raw != averaged  # the average is a different set of weights, scored every epoch
+    assert result.best_val_loss <= min(raw + averaged) + 1e-9  # the starting weights are a candidate too
+    # What is kept is the best of both: the model now scores exactly the best loss.
+    assert evaluate(model, val, CPU)[0] == pytest.approx(result.best_val_loss, abs=1e-6)
+    assert result.best_is_average == (min(averaged) < min(raw))
+
+
+def test_finetune_with_mixing_decay_and_weight_average_learns(easy, tmp_path):
+    ds, splits = easy
+    config = replace(SMALL, schedule=replace(SMALL.schedule, mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8))
+    result = train_one(prepare(ds, splits, config, quiet=True), config, "finetune", 0, tmp_path / "run", quiet=True)
+    assert result.test_acc >= 0.75, f"{result.test_acc:.2f} (chance is 0.33)"
+    whole = [h for h in result.history if h["phase"] == "all"]
+    assert whole and all(0 <= h["ema_val_acc"] <= 1 for h in whole)
+
+
 @pytest.fixture
 def deterministic_torch():
     """Deterministic algorithms for one test (on CUDA, runs repeat only with them); restored after."""
@@ -140,7 +169,9 @@ def _train_cmd(data, out, *extra):
             "--views", "2", "--batch-size", "8", "--checkpoint-seconds", "0", "--quiet",
             # the cosine rates are a function of the epoch: a resumed phase continues on the same curve;
             # the augmentation policy draws from the epoch's generator: a resumed epoch sees the same images
-            "--body-schedule", "cosine", "--label-smoothing", "0.1", "--augment-policy", "trivial", *extra]
+            "--body-schedule", "cosine", "--label-smoothing", "0.1", "--augment-policy", "trivial",
+            # mixing draws from the epoch's generator too; the weight average is saved in the checkpoint
+            "--mixup", "0.2", "--cutmix", "1.0", "--ema", "0.9", "--layer-decay", "0.8", *extra]
 
 
 CUDA = torch.cuda.is_available()
@@ -181,6 +212,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, deterministic)
         return
     for key in ("test_acc", "val_acc", "test_loss"):
         assert cut[key] == pytest.approx(full[key], abs=1e-6), key
+    # Epoch by epoch too, the weight average's scores included (it continues from the checkpoint).
+    numbers = ["train_loss", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc"]
+    curves = []
+    for run in ("full", "cut"):
+        with open(tmp_path / run / "history.csv") as f:
+            curves.append([[float(row[k] or "nan") for k in numbers] for row in csv.DictReader(f)])
+    np.testing.assert_allclose(*curves, atol=1e-6)
 
 
 def test_sigterm_stops_with_a_message_and_resume_finishes(tmp_path):
@@ -257,7 +295,8 @@ def test_schedule_knobs_reach_the_phases():
     # Layer-wise rate decay: the last group at the body rate, each group below it `decay` times slower.
     decayed = TrainConfig(schedule=ScheduleConfig(layer_decay=0.5)).strategy_options()
     rates = build_strategy("finetune", groups, decayed).phases[1].method.group_lr
-    assert [rates[g] for g in groups] == pytest.approx([1e-4 * 0.5 ** (len(groups) - 1 - i) for i in range(len(groups))])
+    expected = [1e-4 * 0.5 ** (len(groups) - 1 - i) for i in range(len(groups))]
+    assert [rates[g] for g in groups] == pytest.approx(expected)
     assert not build_strategy("finetune", groups, TrainConfig().strategy_options()).phases[1].method.group_lr
     # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
     assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4

@@ -106,6 +106,24 @@ def train_batch(images: ImageBatch, data_config: dict[str, Any], generator: torc
     return normalise(out, data_config)
 
 
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, generator: torch.Generator,
+              mixup: float = 0.0, cutmix: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) over a batch: each image
+    blended with (or a box pasted from) the next one, with soft targets (N, num_classes) in
+    proportion. ``mixup`` and ``cutmix`` are the alphas of their Beta distributions (0: not used; both
+    given: one of the two per batch). As in ``trivial_augment``, the draws run under a seed from
+    ``generator``."""
+    from torchvision.transforms import v2
+
+    mixers = [make(alpha=a, num_classes=num_classes) for make, a in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if a > 0]
+    if not mixers:
+        return x, y
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return v2.RandomChoice(mixers)(x, y) if len(mixers) > 1 else mixers[0](x, y)
+
+
 def view_batch(images: ImageBatch, indices: np.ndarray, view: int, data_config: dict[str, Any],
                seed: int = 0) -> torch.Tensor:
     """View ``view`` of each image: 0 is the evaluation centre crop, ``v > 0`` a random crop + flip

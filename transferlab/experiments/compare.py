@@ -4,7 +4,8 @@
 <out>/config.yaml      everything needed to rerun (transferlab compare --config <out>/config.yaml)
 <out>/manifest.json    versions, seeds, data fingerprint, machine, wall times
 <out>/metrics.json     per strategy and seed: test/val accuracy, epochs, seconds; summary mean +- 95% CI
-<out>/history.csv      strategy, seed, phase, epoch, train_loss, val_loss, val_acc, seconds
+<out>/history.csv      strategy, seed, phase, epoch, train_loss, val_loss, val_acc, seconds,
+                       ema_val_loss, ema_val_acc (the weight average's, where kept)
 <out>/<strategy>/seed<k>/model.safetensors + model.json
 ```
 Finished runs are recorded as they end, so an interrupted comparison resumes with ``resume=True``

@@ -24,7 +24,8 @@ from ..train.run import Prepared, RunResult
 if TYPE_CHECKING:
     from .compare import Experiment
 
-HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds"]
+HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds",
+                  "ema_val_loss", "ema_val_acc"]  # the weight average's, in phases that keep one (--ema)
 
 
 def check_out_folder(out: Path, source: str | None = None) -> None:
@@ -150,7 +151,8 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
         writer.writeheader()
         for r in results:
             for h in r.history:
-                writer.writerow({"strategy": r.strategy, "seed": r.seed, **{k: h[k] for k in HISTORY_FIELDS[2:]}})
+                writer.writerow({"strategy": r.strategy, "seed": r.seed,
+                                 **{k: h.get(k, "") for k in HISTORY_FIELDS[2:]}})
     ds = prep.dataset
     write_json(out / "manifest.json", {
         "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),

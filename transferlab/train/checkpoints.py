@@ -33,6 +33,8 @@ class PhaseState:
     bad_epochs: int = 0
     epoch: int = -1  # the last finished epoch (0-based)
     optimizer: dict[str, Any] = field(default_factory=dict)
+    average: dict[str, torch.Tensor] = field(default_factory=dict)  # the weight average (Gradient.ema)
+    best_is_average: bool = False  # the best weights are the average's
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -77,6 +77,14 @@ class ScheduleConfig:
                                 choices=("constant", "cosine"))
     label_smoothing: float = option(0.0, "label smoothing of the training loss in phases that train the body",
                                     minimum=0)
+    mixup: float = option(0.0, "MixUp in phases that train the body: alpha of the Beta distribution of the "
+                               "blend (0: off; e.g. 0.2)", minimum=0)
+    cutmix: float = option(0.0, "CutMix in phases that train the body: alpha of the Beta distribution of the "
+                                "pasted box's area (0: off; e.g. 1.0; with --mixup, one of the two per batch)",
+                           minimum=0)
+    ema: float = option(0.0, "a moving average of the weights in phases that train the body, decay per step "
+                             "(0: off; e.g. 0.99), scored on validation beside the raw weights every epoch; "
+                             "the better is kept", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -115,4 +123,5 @@ class TrainConfig:
         return StrategyOptions(probe_model=s.probe_model, discriminative=s.discriminative,
                                body_bn=s.body_bn, warmup_epochs=s.head_epochs,
                                balanced=s.class_weights == "auto", body_schedule=s.body_schedule,
-                               label_smoothing=s.label_smoothing, layer_decay=s.layer_decay, **given).scaled(s.max_epochs, s.patience)
+                               label_smoothing=s.label_smoothing, layer_decay=s.layer_decay,
+                               mixup=s.mixup, cutmix=s.cutmix, ema=s.ema, **given).scaled(s.max_epochs, s.patience)

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.progress import progress_bar
+from ..data.transforms import mix_batch
 from ..models.heads import TransferModel
 from ..runtime import distributed
 from ..runtime.bnfold import FoldMemo, folded_batchnorm
 from ..runtime.device import Precision
+from .averaging import WeightAverage
 from .batches import Batches
 from .checkpoints import PhaseState
 from .probe import balanced_weights
@@ -208,6 +210,7 @@ class PhaseResult:
     best_epoch: int = -1  # 0: the starting weights were best
     stopped_early: bool = False
     budget_cut: bool = False  # stopped by the run's time budget, not by early stopping or the epoch cap
+    best_is_average: bool = False  # the weights kept are the moving average's (Gradient.ema)
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -216,9 +219,26 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
 
 
+@dataclass
+class StepRecipe:
+    """What a training step does besides forward, backward and the optimizer's step.
+
+    Attributes:
+        class_weights: per-class weights of the loss (imbalanced data), or None.
+        label_smoothing: of the training loss's targets.
+        mix: blends the images of a batch and softens its targets (MixUp / CutMix), or None; it sees
+            the whole batch, before a data-parallel process takes its share.
+        after_step: called after every optimizer step (the weight average's update), or None.
+    """
+
+    class_weights: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
+    after_step: Callable[[], None] | None = None
+
+
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
-                 generator: torch.Generator, data_parallel: bool = False,
-                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> float:
+                 generator: torch.Generator, recipe: StepRecipe, data_parallel: bool = False) -> float:
     # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
     """One pass over ``train``; the mean training loss. Nothing waits on the device until the end.
 
@@ -230,15 +250,19 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
     count, world = 0, distributed.world_size() if data_parallel else 1
     for x, y in train.batches(generator):
         n = len(y)
+        if recipe.mix is not None:
+            x, y = recipe.mix(x, y, generator)
         if data_parallel:
             x, y = distributed.shard(x), distributed.shard(y)
         with precision.autocast():
             logits = model(precision.to_input(x), level=train.level).float()
-        loss_sum = F.cross_entropy(logits, y.to(precision.device), weight=class_weights, reduction="sum",
-                                   label_smoothing=label_smoothing)
+        loss_sum = F.cross_entropy(logits, y.to(precision.device), weight=recipe.class_weights, reduction="sum",
+                                   label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss_sum * (world / n)).backward()
         optimizer.step()
+        if recipe.after_step is not None:
+            recipe.after_step()
         total += loss_sum.detach().double()
         count += n
     if data_parallel:
@@ -246,13 +270,17 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
     return total.item() / max(count, 1)
 
 
-def _record(state: PhaseState, model: nn.Module, row: dict[str, Any]) -> None:
-    """Add an epoch to the history; keep the weights if the validation loss improved."""
+def _record(state: PhaseState, model: nn.Module, row: dict[str, Any], average: WeightAverage | None = None) -> None:
+    """Add an epoch to the history; keep the weights if the validation loss improved (the raw weights'
+    or, when the row has it, the weight average's, whichever is lower)."""
     state.history.append(row)
     state.epoch = row["epoch"] - 1
-    if row["val_loss"] < state.best_val_loss - 1e-6:
-        state.best_val_loss, state.best_val_acc, state.best_epoch = row["val_loss"], row["val_acc"], row["epoch"]
-        state.best_state, state.bad_epochs = _trainable_state(model), 0
+    use_average = average is not None and row["ema_val_loss"] < row["val_loss"]
+    loss, acc = (row["ema_val_loss"], row["ema_val_acc"]) if use_average else (row["val_loss"], row["val_acc"])
+    if loss < state.best_val_loss - 1e-6:
+        state.best_val_loss, state.best_val_acc, state.best_epoch = loss, acc, row["epoch"]
+        state.best_state = _trainable_state(model) | (average.weights() if use_average else {})
+        state.best_is_average, state.bad_epochs = use_average, 0
     else:
         state.bad_epochs += 1
 
@@ -264,6 +292,27 @@ def _past(ctx: PhaseContext) -> bool:
     return distributed.broadcast(past) if ctx.data_parallel else past
 
 
+def _recipe(model: TransferModel, method: Gradient, train: Batches, ctx: PhaseContext,
+            average: WeightAverage | None) -> StepRecipe:
+    """The phase's loss weights, smoothing, mixing and weight-average update."""
+    weights = balanced_weights(train.labels, model.num_classes).to(ctx.precision.device) if method.balanced else None
+    mix = None
+    if method.mixup or method.cutmix:
+        def mix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return mix_batch(x, y, model.num_classes, g, method.mixup, method.cutmix)
+    return StepRecipe(weights, method.label_smoothing, mix, average.update if average is not None else None)
+
+
+def _validate(model: nn.Module, val: Batches, ctx: PhaseContext, average: WeightAverage | None) -> dict[str, float]:
+    """The epoch's validation numbers: the raw weights', and the weight average's when there is one."""
+    val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
+    row = {"val_loss": val_loss, "val_acc": val_acc}
+    if average is not None:
+        with average.swapped_in():
+            row["ema_val_loss"], row["ema_val_acc"] = evaluate(model, val, ctx.precision, ctx.data_parallel)
+    return row
+
+
 def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, ctx: PhaseContext) -> PhaseResult:
     """Train ``model`` for one gradient phase; return its history with the best weights restored.
 
@@ -273,7 +322,6 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
     frozen = freeze(model, phase.trainable)
     optimizer = make_optimizer(model, phase.trainable, method)
     step_model = ctx.precision.compiled(model)
-    weights = balanced_weights(train.labels, model.num_classes).to(ctx.precision.device) if method.balanced else None
     if ctx.data_parallel:  # wrapped per phase: DDP syncs the gradients of the parameters trainable now
         step_model = distributed.data_parallel(step_model, ctx.precision.device)
     if ctx.resume is not None:
@@ -285,6 +333,8 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
         val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
         state = PhaseState(best_val_loss=val_loss, best_val_acc=val_acc, best_epoch=0,
                            best_state=_trainable_state(model))
+    average = WeightAverage(model, method.ema, state.average) if method.ema else None
+    recipe = _recipe(model, method, train, ctx, average)
     saved = time.perf_counter()
     with folded(model, val, ctx.precision), \
             progress_bar(f"{phase.name:>14s}", method.max_epochs, ctx.quiet, status=True) as bar:
@@ -303,17 +353,19 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             schedule_rates(optimizer, method, epoch)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e),  # order and augmentation
-                                      ctx.data_parallel, weights, method.label_smoothing)
+                                      recipe, ctx.data_parallel)
             if ctx.data_parallel:
                 distributed.sync_buffers(model)
-            val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
-            _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss,
-                                   "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - t0})
-            bar.advance(info=f"train {train_loss:.3f}  val {val_loss:.3f}  acc {val_acc:.1%}")
+            row = _validate(model, val, ctx, average)
+            _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss, **row,
+                                   "seconds": time.perf_counter() - t0}, average)
+            bar.advance(info=f"train {train_loss:.3f}  val {row['val_loss']:.3f}  acc {row['val_acc']:.1%}")
             if ctx.checkpoint is not None and time.perf_counter() - saved >= ctx.checkpoint_seconds:
                 state.optimizer = optimizer.state_dict()
+                state.average = average.state_dict() if average is not None else {}
                 ctx.checkpoint(state)
                 saved = time.perf_counter()
     model.load_state_dict(state.best_state, strict=False)
     return PhaseResult(state.history, state.best_val_loss, state.best_val_acc, state.best_epoch,
-                       stopped_early=state.bad_epochs >= method.patience, budget_cut=budget_cut)
+                       stopped_early=state.bad_epochs >= method.patience, budget_cut=budget_cut,
+                       best_is_average=state.best_is_average)

@@ -70,6 +70,8 @@ def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
     result = fit_phase(r.model, r.phase, r.train, r.val, r.ctx)
     if result.budget_cut:
         r.details["budget_cut"] = r.phase.name
+    if result.best_is_average:
+        r.details[f"{r.phase.name}_kept"] = "weight average"
     r.improved = result.best_epoch > 0
     return result.history
 

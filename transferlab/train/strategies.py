@@ -46,6 +46,10 @@ class Gradient:
             restarts); early stopping still applies.
         label_smoothing: the training loss's target puts this mass on the other classes evenly
             (Szegedy et al. 2016); the validation loss that early stopping watches is plain.
+        mixup, cutmix: alphas of MixUp / CutMix on the training batches (0: off; ``data.transforms.mix_batch``).
+        ema: decay per step of a moving average of the trained weights, evaluated on validation
+            beside the raw weights after every epoch; the better of the two is the epoch's candidate
+            for the best weights (0: off; ``train.averaging``).
     """
 
     lr: float = 1e-3
@@ -59,6 +63,9 @@ class Gradient:
     balanced: bool = False  # the loss weights each class by n / (k * n_c) of the training split
     schedule: str = "constant"
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class StrategyOptions:
     body_schedule: str = "constant"  # the learning-rate schedule of phases that train the body
     label_smoothing: float = 0.0  # of phases that train the body
     layer_decay: float = 1.0  # per group below the last, body rates are multiplied by this (1: one rate)
+    mixup: float = 0.0  # MixUp's alpha in phases that train the body (0: off)
+    cutmix: float = 0.0  # CutMix's alpha in phases that train the body (0: off)
+    ema: float = 0.0  # decay of the weight average in phases that train the body (0: off)
 
     def body_gradient(self, groups: list[str], max_epochs: int, patience: int, bn_eval: bool | None,
                       decay: float | None = None) -> Gradient:
@@ -136,7 +146,7 @@ class StrategyOptions:
             if decay != 1 else {}
         return Gradient(lr=self.body_lr, group_lr=rates, max_epochs=max_epochs, patience=patience,
                         bn_eval=self.body_bn_eval(bn_eval), schedule=self.body_schedule,
-                        label_smoothing=self.label_smoothing)
+                        label_smoothing=self.label_smoothing, mixup=self.mixup, cutmix=self.cutmix, ema=self.ema)
 
     def body_bn_eval(self, auto: bool | None) -> bool | None:
         """``Gradient.bn_eval`` of phases that train the body; ``auto``: the strategy's own policy."""
