@@ -292,6 +292,8 @@ def test_schedule_knobs_reach_the_phases():
     warm, body = build_strategy("finetune", groups, tuned).phases
     assert (body.method.schedule, body.method.label_smoothing) == ("cosine", 0.1)
     assert (warm.method.schedule, warm.method.label_smoothing) == ("constant", 0)  # the warm-up is as before
+    (scratch,) = build_strategy("scratch", groups, tuned).phases  # scratch trains a body too
+    assert (scratch.method.schedule, scratch.method.label_smoothing) == ("cosine", 0.1)
     # Layer-wise rate decay: the last group at the body rate, each group below it `decay` times slower.
     decayed = TrainConfig(schedule=ScheduleConfig(layer_decay=0.5)).strategy_options()
     rates = build_strategy("finetune", groups, decayed).phases[1].method.group_lr

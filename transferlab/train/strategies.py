@@ -179,8 +179,9 @@ def _head_phase(o: StrategyOptions, warmup: int | None = None) -> Phase:
 @STRATEGIES.register("scratch")
 def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
     """Random initialisation, everything trainable (the baseline transfer must beat)."""
-    phase = Phase("all", (*groups, HEAD), Gradient(lr=o.head_lr, max_epochs=o.scratch_epochs,
-                                                   patience=o.scratch_patience, bn_eval=False))
+    phase = Phase("all", (*groups, HEAD), Gradient(
+        lr=o.head_lr, max_epochs=o.scratch_epochs, patience=o.scratch_patience, bn_eval=False,
+        schedule=o.body_schedule, label_smoothing=o.label_smoothing, mixup=o.mixup, cutmix=o.cutmix, ema=o.ema))
     return Strategy("scratch", pretrained=False, phases=[phase])
 
 
