@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..core.errors import TransferlabError
 from ..core.registry import Registry
@@ -145,8 +146,13 @@ class StrategyOptions:
         rates = {g: self.body_lr * decay ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
             if decay != 1 else {}
         return Gradient(lr=self.body_lr, group_lr=rates, max_epochs=max_epochs, patience=patience,
-                        bn_eval=self.body_bn_eval(bn_eval), schedule=self.body_schedule,
-                        label_smoothing=self.label_smoothing, mixup=self.mixup, cutmix=self.cutmix, ema=self.ema)
+                        bn_eval=self.body_bn_eval(bn_eval), **self.body_recipe())
+
+    def body_recipe(self) -> dict[str, Any]:
+        """The ``Gradient`` fields of every phase that trains a body (scratch's too): the schedule,
+        label smoothing, mixing and the weight average."""
+        return {"schedule": self.body_schedule, "label_smoothing": self.label_smoothing, "mixup": self.mixup,
+                "cutmix": self.cutmix, "ema": self.ema}
 
     def body_bn_eval(self, auto: bool | None) -> bool | None:
         """``Gradient.bn_eval`` of phases that train the body; ``auto``: the strategy's own policy."""
@@ -179,9 +185,8 @@ def _head_phase(o: StrategyOptions, warmup: int | None = None) -> Phase:
 @STRATEGIES.register("scratch")
 def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
     """Random initialisation, everything trainable (the baseline transfer must beat)."""
-    phase = Phase("all", (*groups, HEAD), Gradient(
-        lr=o.head_lr, max_epochs=o.scratch_epochs, patience=o.scratch_patience, bn_eval=False,
-        schedule=o.body_schedule, label_smoothing=o.label_smoothing, mixup=o.mixup, cutmix=o.cutmix, ema=o.ema))
+    phase = Phase("all", (*groups, HEAD), Gradient(lr=o.head_lr, max_epochs=o.scratch_epochs,
+                                                   patience=o.scratch_patience, bn_eval=False, **o.body_recipe()))
     return Strategy("scratch", pretrained=False, phases=[phase])
 
 
