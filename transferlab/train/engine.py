@@ -1,10 +1,11 @@
 """The one training loop: run a gradient Phase with early stopping, best-weights restore and checkpoints.
 
 ``fit_phase`` reads top to bottom: make the phase's parts trainable (the rest frozen, their
-BatchNorm in eval mode), build a fresh optimizer, then per epoch train, validate, keep the best
-weights, write a checkpoint, and stop when the validation loss has not improved for ``patience``
-epochs. Every epoch draws its randomness (shuffling, augmentation, dropout) from a seed derived from
-(seed, phase, epoch), so a run resumed from a checkpoint continues exactly as if never stopped.
+BatchNorm in eval mode), build a fresh optimizer, then per epoch train, validate (the raw weights,
+and their moving average when the phase keeps one), keep the best weights, write a checkpoint, and
+stop when the validation loss has not improved for ``patience`` epochs. Every epoch draws its
+randomness (shuffling, augmentation, mixing, dropout) from a seed derived from (seed, phase, epoch),
+so a run resumed from a checkpoint continues exactly as if never stopped.
 """
 
 from __future__ import annotations
