@@ -78,6 +78,7 @@ def test_shared_options_have_one_spelling():
 
 @pytest.mark.parametrize("argv,flag", [
     (["compare", "--data", "digits", "--batch-size", "0"], "--batch-size"),
+    (["compare", "--data", "digits", "--ema", "1.5"], "--ema"),  # above its maximum
     (["sweep", "--data", "digits", "--per-class", "1,x"], "--per-class"),
     (["transferability", "--data", "digits", "--cuts", "3..1"], "--cuts"),
     (["compare"], "--data"),

@@ -18,8 +18,8 @@ def _base_type(tp: Any) -> Any:
     return str if is_union(tp) else tp
 
 
-def number(kind: type, minimum: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: a number of ``kind`` (int or float), at least ``minimum``."""
+def number(kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` (int or float), at least ``minimum`` and at most ``maximum``."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -28,6 +28,8 @@ def number(kind: type, minimum: float | None = None) -> Callable[[str], Any]:
                 from None
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum of {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is above the maximum of {maximum:g}")
         return value
     return parse
 
@@ -73,7 +75,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Map
         if typing.get_origin(kind) is tuple:
             parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))
         elif kind in (int, float):
-            parse, shown = number(kind, meta.get("minimum")), default
+            parse, shown = number(kind, meta.get("minimum"), meta.get("maximum")), default
         else:
             parse, shown = str, default
         # Required settings are checked after parsing (``require``): --config may supply them.

@@ -20,11 +20,12 @@ C = TypeVar("C")
 
 
 def option(default: Any, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None,
-           required: bool = False, minimum: float | None = None) -> Any:
+           required: bool = False, minimum: float | None = None, maximum: float | None = None) -> Any:
     """A config field with what the command line shows for it: ``help``; ``flag`` when it is not
-    ``--field-name``; ``choices``; ``required`` (no sensible default); ``minimum`` (numbers, and each
-    item of a tuple of numbers)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "required": required, "minimum": minimum}
+    ``--field-name``; ``choices``; ``required`` (no sensible default); ``minimum`` and ``maximum``
+    (numbers, and each item of a tuple of numbers)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "required": required, "minimum": minimum,
+            "maximum": maximum}
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=meta)

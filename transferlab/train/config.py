@@ -30,7 +30,7 @@ class ModelConfig:
     image_size: int | None = option(None, "input size in px instead of the backbone's own", minimum=8)
     head_hidden: tuple[int, ...] = option((256, 256), "widths of the head's dense layers, comma-separated",
                                         minimum=1)
-    dropout: float = option(0.3, "dropout between the head's dense layers")
+    dropout: float = option(0.3, "dropout between the head's dense layers", minimum=0, maximum=0.99)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ScheduleConfig:
                                          "ULMFiT's; --layer-decay sets another factor)")
     layer_decay: float = option(1.0, "layer-wise learning-rate decay of phases that train the body: each group "
                                      "below the last learns at this times the rate of the group above it (1: "
-                                     "one rate for all; e.g. 0.8)", minimum=0.01)
+                                     "one rate for all; e.g. 0.8)", minimum=0.01, maximum=1)
     head_epochs: int | None = option(None, "epochs of the head warm-up before a body thaws (finetune, "
                                            "chain-thaw, gradual; default: 1 for finetune, whose body learns little "
                                            "under an over-trained head; chain-thaw and gradual train it to the "
@@ -76,7 +76,7 @@ class ScheduleConfig:
                                             "(decayed to 1/100 over the phase's epoch cap)",
                                 choices=("constant", "cosine"))
     label_smoothing: float = option(0.0, "label smoothing of the training loss in phases that train the body",
-                                    minimum=0)
+                                    minimum=0, maximum=0.99)
     mixup: float = option(0.0, "MixUp in phases that train the body: alpha of the Beta distribution of the "
                                "blend (0: off; e.g. 0.2)", minimum=0)
     cutmix: float = option(0.0, "CutMix in phases that train the body: alpha of the Beta distribution of the "
@@ -84,7 +84,7 @@ class ScheduleConfig:
                            minimum=0)
     ema: float = option(0.0, "a moving average of the weights in phases that train the body, decay per step "
                              "(0: off; e.g. 0.99), scored on validation beside the raw weights every epoch; "
-                             "the better is kept", minimum=0)
+                             "the better is kept", minimum=0, maximum=0.9999)
 
 
 @dataclass(frozen=True)
