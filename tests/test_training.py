@@ -427,3 +427,16 @@ def test_cosine_rates_fall_from_the_base_rate_to_a_hundredth():
     assert rates[-1] > 1e-5 and rates[5] == pytest.approx(1e-3 * (0.01 + 0.99 / 2))
     schedule_rates(optimizer, Gradient(lr=1e-3), 7)
     assert optimizer.param_groups[0]["lr"] == 1e-3  # constant
+
+
+def test_a_feature_cache_from_other_extraction_code_is_not_reused(easy, monkeypatch):
+    """Features on disk made by another version of the extraction code (preprocessing, backbones,
+    folding) are never read back as if they were this version's: they live under another key."""
+    from transferlab.train import features
+
+    ds, _ = easy
+    backbone = create_backbone("test_tiny")
+    before = features.FeatureStore(backbone, ds).folder
+    assert features.FeatureStore(backbone, ds).folder == before  # the same code finds its cache again
+    monkeypatch.setattr(features, "extraction_code", lambda: "another version")
+    assert features.FeatureStore(backbone, ds).folder != before

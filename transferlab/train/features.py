@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -93,6 +94,27 @@ def _encode_view(model: TransferModel, images: ImageSource, idx: np.ndarray, vie
     return distributed.gather_rows(torch.cat(chunks), len(idx))
 
 
+# The modules whose code decides what an extracted feature is: preprocessing, the image cache, the
+# backbones, BatchNorm folding, precision and this module. The cache key holds a digest of their source,
+# so features extracted by an earlier version are never reused: a stale cache once changed the demo's
+# finetune result from 96.2% to 91.3% without a word.
+EXTRACTION_MODULES = ("transferlab.train.features", "transferlab.data.transforms", "transferlab.data.imagecache",
+                      "transferlab.data.imagestore", "transferlab.data.images", "transferlab.models.builders",
+                      "transferlab.models.backbone", "transferlab.models.catalog", "transferlab.models.lite_weights",
+                      "transferlab.models.heads", "transferlab.runtime.bnfold", "transferlab.runtime.device")
+
+
+@functools.cache
+def extraction_code() -> str:
+    """A digest of the source of ``EXTRACTION_MODULES`` (part of the feature cache's key)."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in EXTRACTION_MODULES:
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class FeatureStore:
     """Pooled features of a pretrained backbone for every (image, view), computed on demand, kept on disk."""
 
@@ -100,7 +122,7 @@ class FeatureStore:
         # bf16 features differ from fp32 ones in the third digit: they are kept apart.
         spec = {"backbone": backbone.name, "weights": backbone.meta.get("weights"),
                 "data_config": {k: str(v) for k, v in sorted(backbone.data_config.items())},
-                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "version": 2}
+                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "code": extraction_code()}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = cache_home() / "features" / key
         self.aug_seed = aug_seed
