@@ -43,8 +43,8 @@ class WeightAverage:
         self.steps += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The average by parameter name (what a checkpoint stores; also a best-weights candidate)."""
-        return {n: a.clone() for n, a in zip(self.names, self.average)} | {"_steps": torch.tensor(self.steps)}
+        """What a checkpoint stores: the averaged weights and the number of steps taken."""
+        return self.weights() | {"_steps": torch.tensor(self.steps)}
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Copies of the averaged weights, by name (for ``load_state_dict(strict=False)``)."""
