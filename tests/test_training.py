@@ -131,11 +131,14 @@ def test_weight_average_is_scored_beside_the_raw_weights_and_the_better_kept():
     assert result.best_is_average == (min(averaged) < min(raw))
 
 
-def test_finetune_with_mixing_decay_and_weight_average_learns(easy, tmp_path):
+def test_finetune_with_whole_crops_mixing_decay_and_weight_average_learns(easy, tmp_path):
     ds, splits = easy
-    config = replace(SMALL, schedule=replace(SMALL.schedule, mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8))
-    result = train_one(prepare(ds, splits, config, quiet=True), config, "finetune", 0, tmp_path / "run", quiet=True)
+    config = replace(SMALL, schedule=replace(SMALL.schedule, mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8,
+                                             crop_from="whole"))
+    prep = prepare(ds, splits, config, quiet=True)
+    result = train_one(prep, config, "finetune", 0, tmp_path / "run", quiet=True)
     assert result.test_acc >= 0.75, f"{result.test_acc:.2f} (chance is 0.33)"
+    assert prep.whole is not None  # the whole-model phase cropped from the whole pictures
     whole = [h for h in result.history if h["phase"] == "all"]
     assert whole and all(0 <= h["ema_val_acc"] <= 1 for h in whole)
 
@@ -171,7 +174,8 @@ def _train_cmd(data, out, *extra):
             # the augmentation policy draws from the epoch's generator: a resumed epoch sees the same images
             "--body-schedule", "cosine", "--label-smoothing", "0.1", "--augment-policy", "trivial",
             # mixing draws from the epoch's generator too; the weight average is saved in the checkpoint
-            "--mixup", "0.2", "--cutmix", "1.0", "--ema", "0.9", "--layer-decay", "0.8", *extra]
+            "--mixup", "0.2", "--cutmix", "1.0", "--ema", "0.9", "--layer-decay", "0.8", "--crop-from", "whole",
+            *extra]
 
 
 CUDA = torch.cuda.is_available()

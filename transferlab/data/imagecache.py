@@ -7,6 +7,11 @@ backbone's resize + centre-crop preprocessing; training takes random resized cro
 The array is memory-mapped, keyed by the data fingerprint, size and interpolation, and written
 atomically, so a killed build leaves no half-written cache. Batches are made from it in
 ``transforms``.
+
+A second kind of cache, built only when training crops come from the whole image
+(``--crop-from whole``), holds each whole image squeezed into the ``S x S`` square, and beside it each
+image's aspect ratio (width / height), from which ``transforms.crop_params`` places crops that are
+random resized crops of the original picture.
 """
 
 from __future__ import annotations
@@ -53,46 +58,82 @@ def resize_center(img: Image.Image, side: int, interpolation: str = "bicubic") -
     return np.asarray(img, dtype=np.uint8)
 
 
-def cache_path(ds: ImageDataset, side: int, interpolation: str) -> Path:
-    """Where the cache of ``ds`` at ``side`` px lives."""
+def resize_whole(img: Image.Image, side: int, interpolation: str = "bicubic") -> np.ndarray:
+    """The whole image resized to ``side x side`` (squeezed along its long side); its aspect ratio is
+    kept apart, so crops can be placed in the original picture's proportions."""
+    img = img.resize((side, side), _PIL_INTERPOLATION.get(interpolation, Image.Resampling.BICUBIC),
+                     reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def cache_path(ds: ImageDataset, side: int, interpolation: str, whole: bool = False) -> Path:
+    """Where the cache of ``ds`` at ``side`` px lives (``whole``: of the whole images, squeezed)."""
     # v2: the centre square is resampled directly (resize_center), not cut from a resized image.
-    key = hashlib.sha256(f"{ds.fingerprint}|{side}|{interpolation}|v2".encode()).hexdigest()[:24]
+    kind = "whole" if whole else "v2"
+    key = hashlib.sha256(f"{ds.fingerprint}|{side}|{interpolation}|{kind}".encode()).hexdigest()[:24]
     return cache_home() / "images" / f"{key}.npy"
+
+
+def aspects_path(path: Path) -> Path:
+    """The aspect ratios beside the whole-image cache at ``path``."""
+    return path.with_name(path.stem + ".aspects.npy")
 
 
 def build_image_cache(ds: ImageDataset, side: int, interpolation: str = "bicubic",
                       workers: int | None = None, quiet: bool = False) -> np.ndarray:
-    """The (N, side, side, 3) uint8 array of ``ds``, read from disk or built once and stored."""
-    path = cache_path(ds, side, interpolation)
+    """The (N, side, side, 3) uint8 array of the centre squares of ``ds``, read from disk or built once
+    and stored."""
+    return _cached(ds, side, interpolation, False, workers, quiet)[0]
+
+
+def build_whole_cache(ds: ImageDataset, side: int, interpolation: str = "bicubic",
+                      workers: int | None = None, quiet: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, side, side, 3) uint8 array of the whole images of ``ds`` squeezed into squares, and their
+    (N,) aspect ratios (width / height, float32); read from disk or built once and stored."""
+    return _cached(ds, side, interpolation, True, workers, quiet)
+
+
+def _cached(ds: ImageDataset, side: int, interpolation: str, whole: bool, workers: int | None,
+            quiet: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The images and their aspect ratios (all 1 for centre squares, which are not stored)."""
+    path = cache_path(ds, side, interpolation, whole)
     # One builder per cache folder at a time: a second process waits, then finds the finished file.
     with folder_lock(path.parent, wait=True):
         remove_stale_temporaries(path.parent, recursive=False)
-        if path.is_file():
+        if path.is_file() and (not whole or aspects_path(path).is_file()):
             try:
                 arr = np.load(path, mmap_mode="r")
-                if arr.shape == (len(ds), side, side, 3):
-                    return arr
+                aspects = np.load(aspects_path(path)) if whole else np.ones(len(ds), np.float32)
+                if arr.shape == (len(ds), side, side, 3) and aspects.shape == (len(ds),):
+                    return arr, aspects
             except (ValueError, OSError):  # damaged (say, copied in part): built again below
                 pass
-        return _build(ds, path, side, interpolation, workers, quiet)
+        return _build(ds, path, side, interpolation, whole, workers, quiet)
 
 
-def _build(ds: ImageDataset, path: Path, side: int, interpolation: str, workers: int | None,
-           quiet: bool) -> np.ndarray:
+def _build(ds: ImageDataset, path: Path, side: int, interpolation: str, whole: bool, workers: int | None,
+           quiet: bool) -> tuple[np.ndarray, np.ndarray]:
     shape = (len(ds), side, side, 3)
     ensure_free_space(path.parent, int(np.prod(shape)), "the image cache",
                       "set TRANSFERLAB_HOME to a folder on a disk with room")
+    aspects = np.ones(len(ds), np.float32)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         allocate(tmp)
 
         def work(i: int) -> None:
-            out[i] = resize_center(ds.image(i, draft_size=side), side, interpolation)
+            img = ds.image(i, draft_size=side)
+            aspects[i] = img.size[0] / img.size[1]
+            out[i] = (resize_whole if whole else resize_center)(img, side, interpolation)
 
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
+        what = "whole images" if whole else "images"
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, \
-                progress_bar(f"caching {len(ds)} images at {side}px", len(ds), quiet) as bar:
+                progress_bar(f"caching {len(ds)} {what} at {side}px", len(ds), quiet) as bar:
             for _ in pool.map(work, range(len(ds))):
                 bar.advance()
         out.flush()
-    return np.load(path, mmap_mode="r")
+        if whole:  # written before the images land, so a cache that exists has its aspects
+            with atomic_path(aspects_path(path)) as atmp, open(atmp, "wb") as f:
+                np.save(f, aspects)
+    return np.load(path, mmap_mode="r"), aspects

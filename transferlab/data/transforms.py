@@ -52,15 +52,25 @@ def eval_batch(images: ImageBatch, data_config: dict[str, Any]) -> torch.Tensor:
 
 
 def crop_params(u: torch.Tensor, side: int, scale: tuple[float, float] = (0.25, 1.0),
-                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
+                ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                aspects: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (N, 4: left, top, right, bottom in pixels) and flips (N,) from uniform numbers ``u`` (N, 5):
-    area ``scale`` of the square, aspect ``ratio`` (log-uniform), position, and flip when u < 0.5."""
+    area ``scale`` of the picture, aspect ``ratio`` (log-uniform), position, and flip when u < 0.5.
+
+    The picture is the ``side x side`` square; with ``aspects`` (N,) it is each original image of that
+    width / height ratio squeezed into the square (``imagecache.build_whole_cache``), and area and
+    aspect are those of the crop in the original image: a box of w x h square pixels covers
+    (w * a) x h pixels of the original at the square's height."""
     u = u.double()
     area = side * side * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * u[:, 1])
-    w = torch.sqrt(area * aspect).round().clamp(1, side)
-    h = torch.sqrt(area / aspect).round().clamp(1, side)
+    if aspects is not None:  # in the square, the crop is squeezed by the image's aspect along x
+        a = aspects.double().to(u.device)
+        w, h = torch.sqrt(area * aspect / a), torch.sqrt(area * a / aspect)
+    else:
+        w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+    w, h = w.round().clamp(1, side), h.round().clamp(1, side)
     top = torch.floor(u[:, 2] * (side - h + 1))
     left = torch.floor(u[:, 3] * (side - w + 1))
     return torch.stack([left, top, left + w, top + h], 1).float(), u[:, 4] < 0.5
@@ -91,15 +101,16 @@ def trivial_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 def train_batch(images: ImageBatch, data_config: dict[str, Any], generator: torch.Generator,
                 scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                flip: bool = True, policy: str = "none") -> torch.Tensor:
+                flip: bool = True, policy: str = "none", aspects: torch.Tensor | None = None) -> torch.Tensor:
     """Random resized crop (area ``scale``, aspect ``ratio``) + horizontal flip, then ``policy`` ("none" or
-    "trivial": ``trivial_augment``), normalised.
+    "trivial": ``trivial_augment``), normalised. ``aspects``: the images are whole pictures of these
+    width / height ratios squeezed into squares (``crop_params``).
 
     Every random choice comes from ``generator``, so a seed fixes the augmentation.
     """
     x = as_tensor(images)
     u = torch.rand(len(x), 5, generator=generator)
-    boxes, flips = crop_params(u, x.shape[1], scale, ratio)
+    boxes, flips = crop_params(u, x.shape[1], scale, ratio, aspects)
     out = resized_crops(x, boxes, flips & flip, data_config["input_size"][-1]).clamp_(0, 255)
     if policy == "trivial":
         out = trivial_augment(out, generator)

@@ -43,17 +43,24 @@ def epoch_order(n: int, generator: torch.Generator | None, labels: torch.Tensor 
 
 
 class ImageBatches:
-    """Images from the image store: random crops + flips when training, centre crops otherwise."""
+    """Images from the image store: random crops + flips when training, centre crops otherwise.
+
+    ``aspects`` (one per image of the store): the store holds whole pictures of these width / height
+    ratios squeezed into squares, and training crops are placed in the pictures' proportions
+    (``data.transforms.crop_params``); such a store serves training only, as its centre is not the
+    evaluation crop."""
 
     level = 0
     balanced = False  # training order from the balanced sampler (epoch_order)
 
     def __init__(self, images: ImageStore, indices: np.ndarray, labels: np.ndarray, data_config: dict,
-                 batch_size: int = 32, augment: bool = True, policy: str = "none"):
+                 batch_size: int = 32, augment: bool = True, policy: str = "none",
+                 aspects: np.ndarray | None = None):
         self.images, self.indices = images, np.asarray(indices)
         self.labels = torch.as_tensor(labels[self.indices]).to(images.device)
         self.data_config, self.batch_size, self.augment = data_config, batch_size, augment
         self.policy = policy  # data.transforms.train_batch's policy on top of crop and flip
+        self.aspects = aspects
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -63,10 +70,13 @@ class ImageBatches:
         labels = self.labels[to_device(order, self.labels.device)]  # one copy per epoch, not per batch
         starts = range(0, len(self), self.batch_size)
         chunks = [self.indices[order[s:s + self.batch_size].numpy()] for s in starts]
-        for start, images in zip(starts, self.images.stream(chunks)):
+        for start, chunk, images in zip(starts, chunks, self.images.stream(chunks)):
             if generator is not None and self.augment:
-                x = train_batch(images, self.data_config, generator, policy=self.policy)
+                aspects = None if self.aspects is None else torch.from_numpy(self.aspects[chunk])
+                x = train_batch(images, self.data_config, generator, policy=self.policy, aspects=aspects)
             else:
+                if self.aspects is not None:
+                    raise ValueError("whole squeezed pictures serve augmented training batches only")
                 x = eval_batch(images, self.data_config)
             yield x, labels[start:start + self.batch_size]
 

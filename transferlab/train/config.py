@@ -46,6 +46,10 @@ class ScheduleConfig:
                                          "whole-model phase, scratch): none, or trivial (TrivialAugmentWide: one "
                                          "random operation of random strength per image, after the crop and flip)",
                                  choices=("none", "trivial"))
+    crop_from: str = option("centre", "where the random crops of phases that train on whole images come from: "
+                                      "centre (the square of the short side that evaluation crops too) or whole "
+                                      "(the whole picture, as torchvision's RandomResizedCrop; a second image "
+                                      "cache)", choices=("centre", "whole"))
     probe_model: str = option("logreg", "the probe's linear model", choices=("logreg", "svm"))
     discriminative: bool = option(False, "gradual: lower learning rates for lower groups (2.6x per group, "
                                          "ULMFiT's; --layer-decay sets another factor)")

@@ -25,7 +25,7 @@ from ..core.errors import DamagedFileError
 from ..core.io import atomic_path, read_json, write_json
 from ..core.progress import warn
 from ..data.datasets import ImageDataset
-from ..data.imagecache import build_image_cache, cache_side
+from ..data.imagecache import build_image_cache, build_whole_cache, cache_side
 from ..data.imagestore import ImageStore
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
@@ -53,6 +53,16 @@ class Prepared:
     cache: np.ndarray
     precision: Precision
     images: ImageStore
+    whole: tuple[ImageStore, np.ndarray] | None = field(default=None, repr=False)
+
+    def whole_images(self, quiet: bool = False) -> tuple[ImageStore, np.ndarray]:
+        """The whole pictures squeezed into squares and their aspect ratios, for training crops from the
+        whole image (``--crop-from whole``); built on first use, as most strategies never need them."""
+        if self.whole is None:
+            cache, aspects = build_whole_cache(self.dataset, cache_side(self.data_config),
+                                               self.data_config["interpolation"], quiet=quiet)
+            self.whole = (ImageStore(cache, self.precision.device), aspects)
+        return self.whole
 
 
 def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
@@ -96,7 +106,7 @@ class PhaseInputs:
 
     def __init__(self, model: TransferModel, prep: Prepared, config: TrainConfig, store: FeatureStore | None,
                  quiet: bool, data_parallel: bool = False):
-        self.model, self.prep, self.config, self.store = model, prep, config, store
+        self.model, self.prep, self.config, self.store, self.quiet = model, prep, config, store, quiet
         self.batch_size = config.schedule.batch_size
         self.images = ImageSource(prep.images, prep.data_config, prep.precision,
                                   prep.precision.inference_batch(self.batch_size), quiet, sharded=data_parallel)
@@ -117,8 +127,11 @@ class PhaseInputs:
         size = self.batch_size if train else self.images.batch_size
         if level == 0:
             augment = train and self.config.schedule.augment
-            return ImageBatches(self.prep.images, idx, labels, self.prep.data_config, size, augment,
-                                self.config.schedule.augment_policy)
+            images, aspects = self.prep.images, None
+            if augment and self.config.schedule.crop_from == "whole":
+                images, aspects = self.prep.whole_images(self.quiet)
+            return ImageBatches(images, idx, labels, self.prep.data_config, size, augment,
+                                self.config.schedule.augment_policy, aspects)
         if level == self.model.pooled_level and pristine and self.store is not None:
             feats = self.store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
             return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
