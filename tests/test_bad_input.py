@@ -297,3 +297,21 @@ def test_an_unreadable_image_is_skipped_like_a_corrupt_one(tmp_path, monkeypatch
     assert len(ds) == 7
     with pytest.raises(DataError, match="img_002.png: cannot read"):
         load_folder(data, strict=True)
+
+
+@pytest.mark.parametrize("edit, message", [("ema: 1.5", "setting ema: 1.5 is above the maximum of 0.9999"),
+                                           ("batch_size: 0", "setting batch_size: 0 is below the minimum of 1"),
+                                           ("body_bn: sometimes", "setting body_bn: 'sometimes' is not one of")])
+def test_a_config_yaml_outside_the_limits_is_refused_like_the_command_line(trained, tmp_path, capsys, edit, message):
+    _, out = trained
+    run = copy_run(out, tmp_path)
+    key = edit.split(":")[0]
+    text = (run / "config.yaml").read_text()
+    lines = [line[:len(line) - len(line.lstrip())] + edit if line.strip().startswith(f"{key}:") else line
+             for line in text.splitlines()]
+    assert lines != text.splitlines()
+    (run / "config.yaml").write_text("\n".join(lines) + "\n")
+    assert main(["compare", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "again")]) == 2
+    msg = error_of(capsys)
+    assert message in msg and "config.yaml" in msg
+    assert not (tmp_path / "again").exists()

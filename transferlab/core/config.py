@@ -95,18 +95,39 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+def check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """The limits of ``option`` (choices, minimum, maximum) applied to ``value`` of the setting ``name``,
+    for settings that do not come through the command line (a config.yaml); a TransferlabError names
+    the setting and its limit."""
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if meta.get("choices") and item not in meta["choices"]:
+            raise TransferlabError(f"setting {name}: {item!r} is not one of {', '.join(meta['choices'])}")
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if meta.get("minimum") is not None and item < meta["minimum"]:
+                raise TransferlabError(f"setting {name}: {item} is below the minimum of {meta['minimum']:g}")
+            if meta.get("maximum") is not None and item > meta["maximum"]:
+                raise TransferlabError(f"setting {name}: {item} is above the maximum of {meta['maximum']:g}")
+
+
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-    """Rebuild a config from ``to_dict``'s output; unknown keys are an error naming them."""
+    """Rebuild a config from ``to_dict``'s output; unknown keys, and values outside an ``option``'s
+    choices or limits, are an error naming them."""
     hints = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise TransferlabError(f"unknown setting(s) {', '.join(sorted(unknown))} for {cls.__name__}; "
                                f"known: {', '.join(sorted(names))}")
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        kwargs[name] = from_dict(tp, value or {}) if is_config(tp) else _coerce(value, tp)
+        if is_config(tp):
+            kwargs[name] = from_dict(tp, value or {})
+        else:
+            kwargs[name] = _coerce(value, tp)
+            check_value(name, kwargs[name], meta[name])
     return cls(**kwargs)
 
 

@@ -80,6 +80,10 @@ def load_experiment(path: str | Path) -> Experiment:
         raise TransferlabError(f"{path} does not exist; pass the config.yaml of a results directory")
     try:
         return from_dict(Experiment, _read_config(path))
+    except DamagedFileError:
+        raise
+    except TransferlabError as exc:  # a setting outside its limits (say, edited by hand)
+        raise TransferlabError(f"{path}: {exc}; edit the file") from None
     except (TypeError, KeyError, ValueError) as exc:
         raise DamagedFileError(path, f"not a transferlab config.yaml: {exc}") from None
 
