@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
-from transferlab.data import load_dataset
 from PIL import Image
 
+from transferlab.data import load_dataset
 from transferlab.data.imagecache import build_image_cache, build_whole_cache, cache_path, cache_side
 from transferlab.data.transforms import crop_params, eval_batch, train_batch
 from transferlab.inference.classify import preprocess
