@@ -9,7 +9,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.config import from_flat, is_union, leaf_fields, without_none
+from ..core.config import from_flat, is_union, leaf_fields, out_of_limits, without_none
 
 
 def _base_type(tp: Any) -> Any:
@@ -26,10 +26,9 @@ def number(kind: type, minimum: float | None = None, maximum: float | None = Non
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
                 from None
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} is below the minimum of {minimum:g}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"{text} is above the maximum of {maximum:g}")
+        problem = out_of_limits(value, minimum, maximum, text)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
     return parse
 

@@ -95,6 +95,17 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+def out_of_limits(value: float, minimum: float | None, maximum: float | None, shown: str | None = None) -> str | None:
+    """What is wrong with the number ``value`` (written ``shown``) for an ``option``'s ``minimum`` and
+    ``maximum``, or None: the one wording of the command line's and config.yaml's checks."""
+    shown = str(value) if shown is None else shown
+    if minimum is not None and value < minimum:
+        return f"{shown} is below the minimum of {minimum:g}"
+    if maximum is not None and value > maximum:
+        return f"{shown} is above the maximum of {maximum:g}"
+    return None
+
+
 def check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     """The limits of ``option`` (choices, minimum, maximum) applied to ``value`` of the setting ``name``,
     for settings that do not come through the command line (a config.yaml); a TransferlabError names
@@ -103,11 +114,10 @@ def check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     for item in items:
         if meta.get("choices") and item not in meta["choices"]:
             raise TransferlabError(f"setting {name}: {item!r} is not one of {', '.join(meta['choices'])}")
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            if meta.get("minimum") is not None and item < meta["minimum"]:
-                raise TransferlabError(f"setting {name}: {item} is below the minimum of {meta['minimum']:g}")
-            if meta.get("maximum") is not None and item > meta["maximum"]:
-                raise TransferlabError(f"setting {name}: {item} is above the maximum of {meta['maximum']:g}")
+        problem = out_of_limits(item, meta.get("minimum"), meta.get("maximum")) \
+            if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+        if problem:
+            raise TransferlabError(f"setting {name}: {problem}")
 
 
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
