@@ -51,7 +51,12 @@ def resize_center(img: Image.Image, side: int, interpolation: str = "bicubic") -
     ever resampled, so a 1 x 100000 strip costs one small square rather than a huge enlargement."""
     w, h = img.size
     s = min(w, h)
-    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    return _resample(img, side, interpolation, ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2))
+
+
+def _resample(img: Image.Image, side: int, interpolation: str,
+              box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """``box`` of the image (all of it when None) resampled to ``side x side``, as uint8 HWC."""
     # reducing_gap makes downscaling huge images fast at no visible cost.
     img = img.resize((side, side), _PIL_INTERPOLATION.get(interpolation, Image.Resampling.BICUBIC), box=box,
                      reducing_gap=3.0)
@@ -61,9 +66,7 @@ def resize_center(img: Image.Image, side: int, interpolation: str = "bicubic") -
 def resize_whole(img: Image.Image, side: int, interpolation: str = "bicubic") -> np.ndarray:
     """The whole image resized to ``side x side`` (squeezed along its long side); its aspect ratio is
     kept apart, so crops can be placed in the original picture's proportions."""
-    img = img.resize((side, side), _PIL_INTERPOLATION.get(interpolation, Image.Resampling.BICUBIC),
-                     reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    return _resample(img, side, interpolation)
 
 
 def cache_path(ds: ImageDataset, side: int, interpolation: str, whole: bool = False) -> Path:
@@ -123,7 +126,8 @@ def _build(ds: ImageDataset, path: Path, side: int, interpolation: str, whole: b
 
         def work(i: int) -> None:
             img = ds.image(i, draft_size=side)
-            aspects[i] = img.size[0] / img.size[1]
+            if whole:  # a centre square's aspect is 1, as when the cache is read back
+                aspects[i] = img.size[0] / img.size[1]
             out[i] = (resize_whole if whole else resize_center)(img, side, interpolation)
 
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
