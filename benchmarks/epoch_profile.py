@@ -35,6 +35,7 @@ from transferlab.runtime import bf16_native, tune_allocator  # noqa: E402
 from transferlab.runtime.device import Precision, configure_torch  # noqa: E402
 from transferlab.train import TrainConfig, prepare  # noqa: E402
 from transferlab.train.batches import ImageBatches  # noqa: E402
+from transferlab.train.config import BatchNormPolicy
 from transferlab.train.engine import (
     PhaseContext,
     _train_epoch,
@@ -78,7 +79,8 @@ def run_variant(prep, splits, classes, variant: dict, epochs: int) -> dict:
     spec = backbone_spec("efficientnet_lite0")
     model = fresh_model("efficientnet_lite0", classes, precision)
     phase = Phase("all", (*spec.groups, HEAD), Gradient(lr=1e-4, max_epochs=epochs, patience=epochs + 1,
-                                                        bn_eval=not variant.get("bn_train", False)))
+                                                        bn=BatchNormPolicy.TRAIN if variant.get("bn_train")
+                                                        else BatchNormPolicy.FROZEN))
     labels = prep.dataset.labels
     train = ImageBatches(prep.images, splits["train"], labels, prep.data_config, 32, augment=True)
     val = ImageBatches(prep.images, splits["val"], labels, prep.data_config, precision.inference_batch(32), False)
@@ -105,7 +107,7 @@ def run_variant(prep, splits, classes, variant: dict, epochs: int) -> dict:
     n_batches = -(-len(train) // 32)
     step_secs = []
     with folded(model, val, precision):
-        set_train_mode(model, frozen, True, phase.method.bn_eval)
+        set_train_mode(model, frozen, True, phase.method.bn)
         for _rep in range(4):
             sync(precision.device)
             t = time.perf_counter()
@@ -155,7 +157,7 @@ def profile_default(prep, splits, classes, cold: bool = False) -> str:
     val = ImageBatches(prep.images, splits["val"], labels, prep.data_config, precision.inference_batch(32), False)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if precision.device.type == "cuda" else [])
     with folded(model, val, precision):
-        set_train_mode(model, frozen, True, True)
+        set_train_mode(model, frozen, True, BatchNormPolicy.FROZEN)
         if not cold:
             _train_epoch(model, train, opt, precision, torch.Generator().manual_seed(0))  # warm up
         with profile(activities=acts) as prof:

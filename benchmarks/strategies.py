@@ -43,7 +43,8 @@ from transferlab.data import load_dataset, make_splits, stratified_split
 from transferlab.models import LINEAR_HEAD, HeadSpec, TransferModel, backbone_spec, create_backbone
 from transferlab.runtime import bf16_native, resolve_device, tune_allocator
 from transferlab.runtime.device import configure_torch
-from transferlab.train import RuntimeConfig, ScheduleConfig, TrainConfig, build_strategy, prepare, train_one
+from transferlab.train import BudgetConfig, RuntimeConfig, TrainConfig, build_strategy, prepare, train_one
+from transferlab.train.config import BatchNormPolicy
 from transferlab.train.engine import freeze, set_train_mode
 
 # ---------------------------------------------------------------------------------------------
@@ -107,13 +108,13 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0, device="cp
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     m = config.model
-    strategy = build_strategy(strategy_name, backbone_spec(m.backbone).groups, config.strategy_options())
+    strategy = build_strategy(strategy_name, backbone_spec(m.backbone).groups, config)
     bb = create_backbone(m.backbone, pretrained=strategy.pretrained)
     torch.manual_seed(seed)
     model = TransferModel(bb, len(ds.classes), LINEAR_HEAD if strategy.linear_head else
-                          HeadSpec(m.head_hidden, m.dropout))
+                          HeadSpec(config.head.head_hidden, config.head.dropout))
     model.to(device)
-    train, val, test = naive_loaders(ds, splits, bb.data_config, config.schedule.batch_size, workers)
+    train, val, test = naive_loaders(ds, splits, bb.data_config, config.budget.batch_size, workers)
     epochs, epoch_times = 0, {}
     for phase in strategy.phases:
         method = phase.method
@@ -124,7 +125,8 @@ def naive_run(strategy_name, ds, splits, config: TrainConfig, seed=0, device="cp
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
         for _ in range(method.max_epochs):
             te = time.perf_counter()
-            set_train_mode(model, frozen, True, method.bn_eval)
+            bn = BatchNormPolicy.TRAIN if method.bn is BatchNormPolicy.AUTO else method.bn
+            set_train_mode(model, frozen, True, bn)
             naive_epoch(model, train, opt, device)
             val_loss, _ = naive_eval(model, val, device)
             epoch_times.setdefault(phase.name, []).append(time.perf_counter() - te)
@@ -204,7 +206,7 @@ def main() -> None:
     else:
         splits = {"test": ds.splits["val"],
                   **stratified_split(ds.labels, ds.splits["train"], (0.8, 0.2, 0.0), seed=0)}
-    config = TrainConfig(schedule=ScheduleConfig(max_epochs=args.max_epochs), runtime=RuntimeConfig(device=args.device))
+    config = TrainConfig(budget=BudgetConfig(max_epochs=args.max_epochs), runtime=RuntimeConfig(device=args.device))
     device = str(resolve_device(args.device))
     # transferlab's side runs in this process, set up as the command line would set it up.
     tune_allocator()

@@ -299,9 +299,10 @@ def test_an_unreadable_image_is_skipped_like_a_corrupt_one(tmp_path, monkeypatch
         load_folder(data, strict=True)
 
 
-@pytest.mark.parametrize("edit, message", [("ema: 1.5", "setting ema: 1.5 is above the maximum of 0.9999"),
-                                           ("batch_size: 0", "setting batch_size: 0 is below the minimum of 1"),
-                                           ("body_bn: sometimes", "setting body_bn: 'sometimes' is not one of")])
+@pytest.mark.parametrize("edit, message", [
+    ("ema: 1.5", "key train.body.ema: 1.5 is above the maximum of 0.9999"),
+    ("batch_size: 0", "key train.budget.batch_size: 0 is below the minimum of 1"),
+    ("body_bn: sometimes", "key train.body.body_bn: 'sometimes' is not one of")])
 def test_a_config_yaml_outside_the_limits_is_refused_like_the_command_line(trained, tmp_path, capsys, edit, message):
     _, out = trained
     run = copy_run(out, tmp_path)

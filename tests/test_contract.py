@@ -20,7 +20,9 @@ PACKAGE = Path(__file__).parent.parent / "transferlab"
 # Data flows down this list: a module may import from its own layer or the ones before it.
 LAYERS = ["core", "runtime", "data", "models", "train", "reporting", "experiments", "inference", "cli"]
 SHARED = {"--out", "--device", "--quiet", "--split-seed", "--batch-size", "--max-epochs"}
-TRAINING_COMMANDS = ["compare", "train", "demo", "sweep", "transferability", "backbones"]
+TRAINING_COMMANDS = ["compare", "train", "demo", "sweep", "transferability"]
+# Commands that train nothing offer no training option (backbones --benchmark times forward passes).
+NOT_TRAINING = ["backbones", "predict", "export", "data", "classify", "strategies"]
 RUN_COMMANDS = ["compare", "train", "demo"]
 
 
@@ -70,6 +72,9 @@ def test_shared_options_have_one_spelling():
         assert not {"--seed", "--batch", "--epochs", "--output", "--no-pretrained"} & set(options), name
         if name in TRAINING_COMMANDS:
             assert SHARED <= set(options), (name, SHARED - set(options))
+        if name in NOT_TRAINING:
+            training = {"--max-epochs", "--head-lr", "--body-epochs", "--views", "--class-weights", "--strategies"}
+            assert not training & set(options), (name, training & set(options))
         if name in RUN_COMMANDS:
             assert {"--seeds", "--resume", "--config", "--data", "--backbone"} <= set(options), name
     assert all(len(d) == 1 for d in dests.values()), {f: d for f, d in dests.items() if len(d) > 1}
@@ -97,7 +102,7 @@ def test_a_run_is_repeated_from_its_config_yaml(tmp_path):
     assert main(["compare", "--data", str(data), "--backbone", "test_tiny", "--strategies", "features,probe",
                  "--max-epochs", "3", "--batch-size", "8", "--head-hidden", "16", "--out", str(first), "--quiet"]) == 0
     exp = load_experiment(first / "config.yaml")
-    assert isinstance(exp, Experiment) and exp.train.model.head_hidden == (16,) and exp.compare.seeds == 1
+    assert isinstance(exp, Experiment) and exp.train.head.head_hidden == (16,) and exp.compare.seeds == 1
     assert main(["compare", "--config", str(first / "config.yaml"), "--out", str(again), "--quiet"]) == 0
     assert (again / "config.yaml").read_text() == (first / "config.yaml").read_text()
     runs = [json.loads((d / "metrics.json").read_text())["runs"] for d in (first, again)]

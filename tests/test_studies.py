@@ -14,11 +14,11 @@ from transferlab.experiments.transferability import (
     TransferabilityConfig,
     transferability,
 )
-from transferlab.train import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
+from transferlab.train import AugmentConfig, BudgetConfig, DataConfig, HeadConfig, ModelConfig, TrainConfig
 
 
 def test_backbone_benchmark_rows_and_recommendation(tmp_path):
-    config = TrainConfig(schedule=ScheduleConfig(batch_size=2))
+    config = TrainConfig(budget=BudgetConfig(batch_size=2))
     res = benchmark_backbones(None, config, tmp_path, BenchmarkConfig(names=("test_tiny", "small_cnn"), repeats=1),
                               quiet=True)
     rows = {r["name"]: r for r in res["rows"]}
@@ -34,8 +34,8 @@ def test_backbone_benchmark_rows_and_recommendation(tmp_path):
 
 def test_sweep_cells_and_nested_subsets(tmp_path):
     data = make_class_folders(tmp_path / "data", n_per_class=12, n_classes=2)
-    config = TrainConfig(ModelConfig(backbone="test_tiny", head_hidden=(8,)),
-                         ScheduleConfig(max_epochs=3, views=1, batch_size=8))
+    config = TrainConfig(model=ModelConfig(backbone="test_tiny"), head=HeadConfig(head_hidden=(8,)),
+                         budget=BudgetConfig(max_epochs=3, batch_size=8), augment=AugmentConfig(views=1))
     res = sweep(DataConfig(str(data)), config, tmp_path / "out",
                 SweepConfig(per_class=(1, 3, 100), subsets=2, strategies=("probe", "scratch")), quiet=True)
     rows = res["rows"]
@@ -55,7 +55,7 @@ def test_sweep_cells_and_nested_subsets(tmp_path):
 
 def test_transferability_cells(tmp_path):
     data = make_class_folders(tmp_path / "data", n_per_class=10, n_classes=4)
-    config = replace(DEFAULT_CONFIG, schedule=ScheduleConfig(max_epochs=2, patience=2))
+    config = replace(DEFAULT_CONFIG, budget=BudgetConfig(max_epochs=2, patience=2))
     res = transferability(DataConfig(str(data)), config, tmp_path / "out", TransferabilityConfig(cuts=(1, 3)),
                           quiet=True)
     rows = res["rows"]

@@ -18,11 +18,16 @@ from transferlab.data import load_dataset, make_splits
 from transferlab.models import Backbone, GroupedNet, HeadSpec, TransferModel, backbone_spec, create_backbone
 from transferlab.runtime import Precision
 from transferlab.train import (
+    AugmentConfig,
+    BatchNormPolicy,
+    BodyConfig,
+    BudgetConfig,
     Gradient,
+    HeadConfig,
+    ImbalanceConfig,
     ModelConfig,
     Phase,
     RuntimeConfig,
-    ScheduleConfig,
     TrainConfig,
     build_strategy,
     prepare,
@@ -32,8 +37,8 @@ from transferlab.train.batches import ImageBatches, TensorBatches
 from transferlab.train.engine import PhaseContext, evaluate, fit_phase
 
 # test_tiny (conftest) stands in for a pretrained backbone so the engine tests take seconds.
-SMALL = TrainConfig(ModelConfig(backbone="test_tiny", head_hidden=(32,)),
-                    ScheduleConfig(max_epochs=20, patience=3, views=2, batch_size=8))
+SMALL = TrainConfig(model=ModelConfig(backbone="test_tiny"), head=HeadConfig(head_hidden=(32,)),
+                    budget=BudgetConfig(max_epochs=20, patience=3, batch_size=8), augment=AugmentConfig(views=2))
 CPU = Precision.choose("cpu")
 
 
@@ -56,8 +61,8 @@ def test_every_strategy_learns_an_easy_task(easy, tmp_path, strategy):
 @pytest.mark.parametrize("strategy", ["features", "probe"])
 def test_pretrained_lite0_transfers(easy, tmp_path, strategy):
     ds, splits = easy
-    config = TrainConfig(ModelConfig(image_size=32, head_hidden=(32,)),
-                         ScheduleConfig(max_epochs=30, views=2, batch_size=16))
+    config = TrainConfig(model=ModelConfig(image_size=32), head=HeadConfig(head_hidden=(32,)),
+                         budget=BudgetConfig(max_epochs=30, batch_size=16), augment=AugmentConfig(views=2))
     result = train_one(prepare(ds, splits, config, quiet=True), config, strategy, 0, tmp_path / "run", quiet=True)
     assert result.test_acc >= 0.75, f"{strategy}: {result.test_acc:.2f} (chance is 0.33)"
     if strategy == "probe":  # the regularisation the cross-validation chose is reported
@@ -80,8 +85,8 @@ def test_frozen_groups_stay_bit_identical(easy):
     thawed = bb.groups[2].name
     train = ImageBatches(prep.images, splits["train"], ds.labels, prep.data_config, 8)
     val = ImageBatches(prep.images, splits["val"], ds.labels, prep.data_config, 8, augment=False)
-    # bn_eval=False: the thawed group's BatchNorm learns statistics; the frozen ones must not.
-    phase = Phase("one", (thawed,), Gradient(lr=1e-2, max_epochs=2, patience=5, bn_eval=False))
+    # Batch statistics: the thawed group's BatchNorm learns statistics; the frozen ones must not.
+    phase = Phase("one", (thawed,), Gradient(lr=1e-2, max_epochs=2, patience=5, bn=BatchNormPolicy.TRAIN))
     fit_phase(model, phase, train, val, PhaseContext(CPU, quiet=True))
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -133,8 +138,8 @@ def test_weight_average_is_scored_beside_the_raw_weights_and_the_better_kept():
 
 def test_finetune_with_whole_crops_mixing_decay_and_weight_average_learns(easy, tmp_path):
     ds, splits = easy
-    config = replace(SMALL, schedule=replace(SMALL.schedule, mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8,
-                                             crop_from="whole"))
+    config = replace(SMALL, augment=replace(SMALL.augment, mixup=0.2, cutmix=1.0, crop_from="whole"),
+                     body=BodyConfig(ema=0.9, layer_decay=0.8))
     prep = prepare(ds, splits, config, quiet=True)
     result = train_one(prep, config, "finetune", 0, tmp_path / "run", quiet=True)
     assert result.test_acc >= 0.75, f"{result.test_acc:.2f} (chance is 0.33)"
@@ -279,33 +284,34 @@ def test_feature_extractor_in_a_pipeline():
 
 def test_schedule_knobs_reach_the_phases():
     groups = list(backbone_spec("efficientnet_lite0").groups)
-    default = build_strategy("finetune", groups, TrainConfig().strategy_options()).phases
-    # finetune: a one-epoch warm-up, the BatchNorm policy left to the run; chain-thaw: a full head phase, frozen
-    assert default[0].method.max_epochs == 1 and default[1].method.bn_eval is None
+    default = build_strategy("finetune", groups).phases
+    # finetune: a one-epoch warm-up, the BatchNorm policy left to the runner; chain-thaw: a full head phase, frozen
+    assert default[0].method.max_epochs == 1 and default[1].method.bn is BatchNormPolicy.AUTO
     assert default[1].method.max_epochs == 30 and default[1].method.patience == 5
-    chain = build_strategy("chain-thaw", groups, TrainConfig().strategy_options()).phases
-    assert chain[0].method.max_epochs == 60 and all(p.method.bn_eval for p in chain[1:])
-    config = TrainConfig(schedule=ScheduleConfig(head_epochs=2, body_patience=4, body_bn="train", max_epochs=4))
-    head, whole = build_strategy("finetune", groups, config.strategy_options()).phases
+    chain = build_strategy("chain-thaw", groups).phases
+    assert chain[0].method.max_epochs == 60 and all(p.method.bn is BatchNormPolicy.FROZEN for p in chain[1:])
+    config = TrainConfig(head=HeadConfig(warmup_epochs=2, head_epochs=3),
+                         body=BodyConfig(body_patience=4, body_bn="train"), budget=BudgetConfig(max_epochs=4))
+    head, whole = build_strategy("finetune", groups, config).phases
     assert head.method.max_epochs == 2 and whole.method.patience == 4 and whole.method.max_epochs == 4
-    assert not whole.method.bn_eval  # batch statistics in the whole-model phase
-    chain = build_strategy("chain-thaw", groups, config.strategy_options()).phases
-    assert chain[0].method.max_epochs == 2 and all(p.method.bn_eval is False for p in chain[1:])
+    assert whole.method.bn is BatchNormPolicy.TRAIN  # batch statistics in the whole-model phase
+    chain = build_strategy("chain-thaw", groups, config).phases
+    assert chain[0].method.max_epochs == 3 and all(p.method.bn is BatchNormPolicy.TRAIN for p in chain[1:])
     assert head.method.schedule == whole.method.schedule == "constant" and whole.method.label_smoothing == 0
-    tuned = TrainConfig(schedule=ScheduleConfig(body_schedule="cosine", label_smoothing=0.1)).strategy_options()
+    tuned = TrainConfig(body=BodyConfig(body_schedule="cosine", label_smoothing=0.1))
     warm, body = build_strategy("finetune", groups, tuned).phases
     assert (body.method.schedule, body.method.label_smoothing) == ("cosine", 0.1)
     assert (warm.method.schedule, warm.method.label_smoothing) == ("constant", 0)  # the warm-up is as before
     (scratch,) = build_strategy("scratch", groups, tuned).phases  # scratch trains a body too
     assert (scratch.method.schedule, scratch.method.label_smoothing) == ("cosine", 0.1)
     # Layer-wise rate decay: the last group at the body rate, each group below it `decay` times slower.
-    decayed = TrainConfig(schedule=ScheduleConfig(layer_decay=0.5)).strategy_options()
+    decayed = TrainConfig(body=BodyConfig(layer_decay=0.5))
     rates = build_strategy("finetune", groups, decayed).phases[1].method.group_lr
     expected = [1e-4 * 0.5 ** (len(groups) - 1 - i) for i in range(len(groups))]
     assert [rates[g] for g in groups] == pytest.approx(expected)
-    assert not build_strategy("finetune", groups, TrainConfig().strategy_options()).phases[1].method.group_lr
-    # The warm-up length is the warm-up's: the features strategy keeps training its head to the end.
-    assert build_strategy("features", groups, config.strategy_options()).phases[0].method.max_epochs == 4
+    assert not build_strategy("finetune", groups).phases[1].method.group_lr
+    # The warm-up length is finetune's: the features strategy trains its head for --head-epochs, under the cap.
+    assert build_strategy("features", groups, config).phases[0].method.max_epochs == 3
 
 
 def imbalanced(seed: int, n_major: int = 400, n_minor: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,9 +348,9 @@ def test_class_weights_raise_balanced_accuracy_on_a_10_to_1_set():
             scores[balanced] = balanced_accuracy(model(xt, level=1).argmax(1), yt)
     assert scores[True] > scores[False] + 0.1
     # The option reaches every phase of every strategy.
-    config = TrainConfig(schedule=ScheduleConfig(class_weights="auto"))
+    config = TrainConfig(imbalance=ImbalanceConfig(class_weights="auto"))
     for name in ("features", "probe", "finetune", "chain-thaw", "scratch"):
-        assert all(p.method.balanced for p in build_strategy(name, ["a", "b"], config.strategy_options()).phases)
+        assert all(p.method.balanced for p in build_strategy(name, ["a", "b"], config).phases)
 
 
 def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path, monkeypatch):
@@ -372,7 +378,8 @@ def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path
     monkeypatch.setattr(batches, "epoch_order", lambda n, g, labels=None: sampled.append(labels is not None)
                         or epoch_order(n, g, labels))
     data = make_class_folders(tmp_path / "data", n_per_class=6, n_classes=2)
-    config = TrainConfig(ModelConfig(backbone="test_tiny"), ScheduleConfig(max_epochs=2, balanced_sampler=True))
+    config = TrainConfig(model=ModelConfig(backbone="test_tiny"), budget=BudgetConfig(max_epochs=2),
+                         imbalance=ImbalanceConfig(balanced_sampler=True))
     ds = load_dataset(str(data))
     prep = prepare(ds, make_splits(ds), config, quiet=True)
     train_one(prep, config, "finetune", 0, tmp_path / "r", quiet=True)
@@ -382,38 +389,34 @@ def test_the_balanced_sampler_raises_balanced_accuracy_on_a_10_to_1_set(tmp_path
 def test_batch_statistics_that_never_beat_the_warm_up_give_way_to_frozen_ones(easy, tmp_path, monkeypatch):
     """BatchNorm 'auto': the whole-model phase runs with batch statistics; when it never improves on
     its start it runs again with frozen statistics, and the run says so."""
-    import transferlab.train.run as run_module
+    import transferlab.train.runners as runners
 
     ds, splits = easy
-    real = run_module.runner_for
+    real = runners.fit_phase
 
     def run_with(improves: bool, folder: str) -> tuple[list, Any]:
         calls = []
 
-        def runner_for(phase):
-            runner = real(phase)
+        def fit_phase(model, phase, train, val, ctx):
+            result = real(model, phase, train, val, ctx)
+            calls.append((phase.name, phase.method.bn.value))
+            if phase.method.bn is BatchNormPolicy.TRAIN:  # batch statistics on data far from ImageNet's, or not
+                result = replace(result, best_epoch=1 if improves else 0)
+            return result
 
-            def run(r):
-                rows = runner.run(r)
-                calls.append((r.phase.name, r.phase.method.bn_eval))
-                if r.phase.method.bn_eval is False:
-                    r.improved = improves  # batch statistics on data far from ImageNet's, or not
-                return rows
-            return replace(runner, run=run)
-
-        monkeypatch.setattr(run_module, "runner_for", runner_for)
+        monkeypatch.setattr(runners, "fit_phase", fit_phase)
         return calls, train_one(prepare(ds, splits, SMALL, quiet=True), SMALL, "finetune", 0, tmp_path / folder,
                                 quiet=True)
 
     calls, result = run_with(False, "a")
-    assert calls == [("head", True), ("all", False), ("all", True)]
-    assert result.details["body_bn"] == "frozen" and result.details["body_bn_train_epochs"] >= 1
+    assert calls == [("head", "frozen"), ("all", "train"), ("all", "frozen")]
+    assert result.details.body_bn is BatchNormPolicy.FROZEN and result.details.body_bn_train_epochs >= 1
     assert [h["phase"] for h in result.history].count("head") == 1  # the undone attempt is not in the curves
     assert result.test_acc >= 0.75
     from transferlab.experiments.results import summarise
     assert summarise([result])["finetune"]["bn_fallback"] == 1  # the report says so
     calls, result = run_with(True, "b")
-    assert calls == [("head", True), ("all", False)] and result.details["body_bn"] == "train"
+    assert calls == [("head", "frozen"), ("all", "train")] and result.details.body_bn is BatchNormPolicy.TRAIN
 
 
 def test_cosine_rates_fall_from_the_base_rate_to_a_hundredth():

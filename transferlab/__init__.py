@@ -10,12 +10,27 @@ from .experiments.compare import CompareConfig, compare
 from .inference.classifier import TransferClassifier
 from .models import Backbone, BackboneSpec, LayerGroup, backbone_spec, create_backbone, list_backbones
 from .runtime.allocator import tune_allocator
-from .train import DataConfig, ModelConfig, RuntimeConfig, ScheduleConfig, TrainConfig, list_strategies, train_one
+from .train import (
+    AugmentConfig,
+    BatchNormPolicy,
+    BodyConfig,
+    BudgetConfig,
+    DataConfig,
+    HeadConfig,
+    ImbalanceConfig,
+    ModelConfig,
+    RuntimeConfig,
+    ScratchConfig,
+    TrainConfig,
+    list_strategies,
+    train_one,
+)
 from .train.features import FeatureExtractor
 
 __all__ = [
     "Backbone", "BackboneError", "BackboneSpec", "CompareConfig", "DataConfig", "DataError", "FeatureExtractor",
-    "ImageDataset", "LayerGroup", "ModelConfig", "RuntimeConfig", "ScheduleConfig", "TrainConfig",
+    "ImageDataset", "LayerGroup", "ModelConfig", "RuntimeConfig", "BudgetConfig", "TrainConfig", "AugmentConfig",
+    "BatchNormPolicy", "BodyConfig", "HeadConfig", "ImbalanceConfig", "ScratchConfig",
     "TransferClassifier", "TransferlabError", "allow_large_images", "backbone_spec", "compare", "create_backbone",
     "list_backbones", "list_strategies", "load_dataset", "make_splits", "per_class_subset", "train_one",
     "tune_allocator",

@@ -16,7 +16,7 @@ from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
 from ..inference.classify import classify
 from ..models.backbone import DEFAULT_BACKBONE
 from ..models.catalog import backbone_info, list_backbones
-from ..train.config import DataConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from ..train.config import BudgetConfig, DataConfig, RuntimeConfig, TrainConfig
 from ..train.strategies import describe_strategy, list_strategies
 from .common import out
 from .options import add_config_options, add_output_options, config_from_args, number
@@ -135,8 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(b, BenchmarkConfig)
     # --data is optional here: with it, the probe's accuracy is measured for every offline backbone.
     add_config_options(b, DataConfig, {"source": ""})
-    add_config_options(b, ScheduleConfig, {"batch_size": 8})
-    add_config_options(b, RuntimeConfig)
+    add_config_options(b, BudgetConfig, {"batch_size": 8}, only=("batch_size",))
+    add_config_options(b, RuntimeConfig, only=("device", "fp32", "fold_bn"))
     add_output_options(b, "results directory of --benchmark", out_default="runs/backbones")
     b.set_defaults(handler=run_backbones, subparser=b)
 

@@ -5,11 +5,13 @@ at the parser: a bad value is a one-line error naming the option."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.config import from_flat, is_union, leaf_fields, out_of_limits, without_none
+from ..core.config import flag_of, from_flat, is_union, leaf_fields, out_of_limits, without_none
 
 
 def _base_type(tp: Any) -> Any:
@@ -51,38 +53,53 @@ def _sequence(item: type, minimum: float | None) -> Callable[[str], tuple]:
     return parse
 
 
+def _group_title(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str, Any] | None = None,
-                       skip: tuple[str, ...] = ()) -> None:
-    """Add an option for every leaf field of the config ``cls`` (defaults overridable per command)."""
+                       skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """Add an option for every leaf field of the config ``cls`` (defaults overridable per command), in
+    one help group per section (``--help`` shows the sections of ``train.config``); ``only`` keeps just
+    the named fields (a command that uses a few of a section's settings)."""
     defaults = defaults or {}
-    group = parser.add_argument_group((cls.__doc__ or cls.__name__).strip().splitlines()[0])
-    for f, tp, _ in leaf_fields(cls):
-        if f.name in skip:
+    groups: dict[type, argparse._ArgumentGroup] = {}
+    for f, tp, owner in leaf_fields(cls):
+        if f.name in skip or only is not None and f.name not in only:
             continue
-        meta = f.metadata
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        default = defaults.get(f.name, f.default)
-        kind = _base_type(tp)
-        if kind is bool:
-            # The flag turns away from the dataclass default: --fp32, --no-augment.
-            flag = flag if not f.default else "--no-" + f.name.replace("_", "-")
-            # The help describes the setting; a --no- flag says that it turns it off.
-            shown = f"turn off: {meta.get('help')}" if f.default and meta.get("help") else meta.get("help")
-            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
-                               default=default, help=shown)
-            continue
-        if typing.get_origin(kind) is tuple:
-            parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))
-        elif kind in (int, float):
-            parse, shown = number(kind, meta.get("minimum"), meta.get("maximum")), default
-        else:
-            parse, shown = str, default
-        # Required settings are checked after parsing (``require``): --config may supply them.
-        note = " (required)" if meta.get("required") and f.name not in defaults else ""
-        help_text = meta.get("help", "") + (f" (default: {shown})" if shown not in (None, "", ()) else note)
-        metavar = None if meta.get("choices") else flag[2:].upper().replace("-", "_")
-        group.add_argument(flag, dest=f.name, type=parse, default=default, choices=meta.get("choices"),
-                           metavar=metavar, help=help_text)
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(_group_title(owner))
+        _add_option(groups[owner], f, tp, defaults)
+
+
+def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field, tp: Any, defaults: Mapping[str, Any]) -> None:
+    """The option of one config field: its flag, type, limits, choices and help."""
+    meta = f.metadata
+    flag = flag_of(f)
+    default = defaults.get(f.name, f.default)
+    if isinstance(default, enum.Enum):  # argparse passes a str default through ``type``: give it the text
+        default = default.value
+    kind = _base_type(tp)
+    if kind is bool:
+        # The flag turns away from the dataclass default: --fp32, --no-augment.
+        flag = flag if not f.default else "--no-" + f.name.replace("_", "-")
+        # The help describes the setting; a --no- flag says that it turns it off.
+        shown = f"turn off: {meta.get('help')}" if f.default and meta.get("help") else meta.get("help")
+        group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                           default=default, help=shown)
+        return
+    if typing.get_origin(kind) is tuple:
+        parse, shown = _sequence(typing.get_args(kind)[0], meta.get("minimum")), ",".join(map(str, default or ()))
+    elif kind in (int, float):
+        parse, shown = number(kind, meta.get("minimum"), meta.get("maximum")), default
+    else:
+        parse, shown = str, default
+    # Required settings are checked after parsing (``require``): --config may supply them.
+    note = " (required)" if meta.get("required") and f.name not in defaults else ""
+    help_text = meta.get("help", "") + (f" (default: {shown})" if shown not in (None, "", ()) else note)
+    metavar = None if meta.get("choices") else flag[2:].upper().replace("-", "_")
+    group.add_argument(flag, dest=f.name, type=parse, default=default, choices=meta.get("choices"),
+                       metavar=metavar, help=help_text)
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -90,8 +107,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     a required setting left empty is a usage error naming its option."""
     for f, _, _ in leaf_fields(cls):
         if f.metadata.get("required") and not getattr(args, f.name, None):
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            args.subparser.error(f"the following arguments are required: {flag}")
+            args.subparser.error(f"the following arguments are required: {flag_of(f)}")
     return from_flat(cls, vars(args))
 
 

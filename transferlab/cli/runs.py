@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 from pathlib import Path
 
 from ..core.config import flatten
@@ -21,9 +22,10 @@ DEMO_DEFAULTS = {"source": "digits:40", "image_size": 64, "max_epochs": 12}
 
 
 def _add_run_options(p: argparse.ArgumentParser, defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    # The few options a beginner needs come first: the data, the strategies, then the model.
     add_config_options(p, DataConfig, defaults)
-    add_config_options(p, TrainConfig, defaults)
     add_config_options(p, CompareConfig, defaults, skip=skip)
+    add_config_options(p, TrainConfig, defaults)
     p.add_argument("--config", help="take the settings from a results directory's config.yaml "
                                     "(options given here override them)")
     p.add_argument("--mlflow", nargs="?", const=MLFLOW_DEFAULT, default=None, metavar="URI",
@@ -71,7 +73,9 @@ def apply_config_file(args: argparse.Namespace, argv: list[str] | None) -> argpa
     """With ``--config``, parse again with the file's settings as defaults, so given options win."""
     if not getattr(args, "config", None):
         return args
-    args.subparser.set_defaults(**flatten(load_experiment(args.config)))
+    saved = flatten(load_experiment(args.config))
+    # argparse passes a str default through the option's type: an Enum goes in as its text.
+    args.subparser.set_defaults(**{k: v.value if isinstance(v, enum.Enum) else v for k, v in saved.items()})
     return args.root_parser.parse_args(argv)
 
 

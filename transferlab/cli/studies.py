@@ -7,7 +7,7 @@ import argparse
 from ..core.config import flatten
 from ..experiments.sweep import SweepConfig, sweep
 from ..experiments.transferability import DEFAULT_CONFIG, TransferabilityConfig, transferability
-from ..train.config import DataConfig, TrainConfig
+from ..train.config import BudgetConfig, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from .common import out
 from .options import add_config_options, add_output_options, config_from_args
 
@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("transferability", help="layer transferability: AnB / BnB (Yosinski et al. 2014)")
     add_config_options(t, DataConfig)
-    add_config_options(t, TrainConfig, flatten(DEFAULT_CONFIG))
+    # The study trains its own networks: only the model, budget and runtime settings apply.
+    for section in (ModelConfig, BudgetConfig, RuntimeConfig):
+        add_config_options(t, section, flatten(DEFAULT_CONFIG))
     add_config_options(t, TransferabilityConfig)
     add_output_options(t, "results directory", out_default="runs/transferability")
     t.set_defaults(handler=run_transferability, subparser=t)

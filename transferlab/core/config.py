@@ -9,6 +9,8 @@ names are unique within a config tree, which is what lets a flat namespace (argp
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -60,6 +62,8 @@ def to_dict(config: Any) -> dict[str, Any]:
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
         elif isinstance(value, tuple):
             value = list(value)
         out[f.name] = value
@@ -79,26 +83,56 @@ def without_none(tp: Any) -> Any:
     return tp
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """``value`` read from YAML as the field type ``tp`` (lists become tuples)."""
-    if value is None:
-        return None
-    tp = without_none(tp)
-    if is_union(tp):
-        return value
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        (item, *_) = typing.get_args(tp) or (Any,)
-        return tuple(_coerce(v, item) for v in value)
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
+class SettingError(TransferlabError):
+    """A configuration value that is refused: ``setting`` names the field (dotted from the root of a
+    config.yaml once ``from_dict`` has seen it), ``problem`` says what is wrong, in the words the
+    command line uses for the same value."""
+
+    def __init__(self, setting: str, problem: str, flag: str | None = None):
+        self.setting, self.problem, self.flag = setting, problem, flag
+        super().__init__(f"setting {setting}" + (f" ({flag})" if flag else "") + f": {problem}")
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field (``--field-name`` unless the option names another)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_KIND = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _check_scalar(value: Any, tp: Any) -> tuple[Any, str | None]:
+    """``value`` as the type ``tp`` (an int is a float; an Enum's value is its member), or why not."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value, None
+        known = [m.value for m in tp]
+        if isinstance(value, str) and value in known:
+            return tp(value), None
+        return value, f"{_shown(value)} is not one of {', '.join(known)}"
+    if tp is Any:
+        return value, None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if not ok:
+        return value, f"{_shown(value)} is not {_KIND.get(tp, tp.__name__)}"
+    if tp is float and not math.isfinite(value):
+        return value, f"{_shown(value)} is not a finite number"
+    return value, None
 
 
 def out_of_limits(value: float, minimum: float | None, maximum: float | None, shown: str | None = None) -> str | None:
     """What is wrong with the number ``value`` (written ``shown``) for an ``option``'s ``minimum`` and
-    ``maximum``, or None: the one wording of the command line's and config.yaml's checks."""
+    ``maximum`` (or that it is NaN or infinite), or None: the one wording of the command line's, the
+    dataclasses' and config.yaml's checks."""
     shown = str(value) if shown is None else shown
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{shown} is not a finite number"
     if minimum is not None and value < minimum:
         return f"{shown} is below the minimum of {minimum:g}"
     if maximum is not None and value > maximum:
@@ -106,39 +140,85 @@ def out_of_limits(value: float, minimum: float | None, maximum: float | None, sh
     return None
 
 
-def check_value(name: str, value: Any, meta: Mapping[str, Any]) -> None:
-    """The limits of ``option`` (choices, minimum, maximum) applied to ``value`` of the setting ``name``,
-    for settings that do not come through the command line (a config.yaml); a TransferlabError names
-    the setting and its limit."""
-    items = value if isinstance(value, tuple) else (value,)
-    for item in items:
-        if meta.get("choices") and item not in meta["choices"]:
-            raise TransferlabError(f"setting {name}: {item!r} is not one of {', '.join(meta['choices'])}")
-        problem = out_of_limits(item, meta.get("minimum"), meta.get("maximum")) \
-            if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+def _check_tuple(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
+    if isinstance(value, str):  # config.yaml's ``strategies: probe,finetune``, as on the command line
+        value = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not isinstance(value, (tuple, list)):
+        return value, f"{_shown(value)} is not a list"
+    (item, *_) = typing.get_args(tp) or (Any,)
+    out = []
+    for v in value:
+        v, problem = check_value(v, item, meta)
         if problem:
-            raise TransferlabError(f"setting {name}: {problem}")
+            return value, problem
+        out.append(v)
+    if not out and meta.get("required"):
+        return value, "names no values"
+    return tuple(out), None
 
 
-def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-    """Rebuild a config from ``to_dict``'s output; unknown keys, and values outside an ``option``'s
-    choices or limits, are an error naming them."""
+def check_value(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """``value`` checked against the field type ``tp`` and the ``option``'s choices and limits:
+    (the value as stored, e.g. a list as a tuple), and what is wrong with it or None. The one
+    wording of the checks that the command line, the dataclasses and config.yaml share."""
+    if value is None:
+        optional = tp is Any or is_union(tp) and type(None) in typing.get_args(tp)
+        return None, None if optional else "a value is needed"
+    tp = without_none(tp)
+    if typing.get_origin(tp) is tuple:
+        return _check_tuple(value, tp, meta)
+    value, problem = _check_scalar(value, tp)
+    if problem:
+        return value, problem
+    if meta.get("choices") and value not in meta["choices"]:
+        return value, f"{_shown(value)} is not one of {', '.join(meta['choices'])}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value, out_of_limits(value, meta.get("minimum"), meta.get("maximum"))
+    return value, None
+
+
+class Settings:
+    """Base of the configuration dataclasses: every field is checked when the object is built
+    (type, choices, limits, NaN), so the command line, config.yaml and the Python API refuse the
+    same bad values with the same words (``SettingError`` naming the field and its flag)."""
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for f in dataclasses.fields(self):
+            tp, value = hints[f.name], getattr(self, f.name)
+            if is_config(tp):
+                if not isinstance(value, tp):
+                    raise SettingError(f.name, f"{_shown(value)} is not a {tp.__name__}")
+                continue
+            stored, problem = check_value(value, tp, f.metadata)
+            if problem:
+                raise SettingError(f.name, problem, flag_of(f) if f.metadata.get("help") else None)
+            if stored is not value:
+                object.__setattr__(self, f.name, stored)  # frozen: the checked form (list -> tuple)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields (none by default); raise ``SettingError``."""
+
+
+def from_dict(cls: type[C], data: Any, where: str = "") -> C:
+    """Rebuild a config from ``to_dict``'s output (a config.yaml); unknown keys and refused values
+    are a ``SettingError`` naming the key, dotted from the root (``train.model.dropout``)."""
+    if not isinstance(data, Mapping):
+        raise SettingError(where.rstrip(".") or cls.__name__, f"{_shown(data)} is not a section of settings")
     hints = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    unknown = [str(k) for k in data if k not in names]
     if unknown:
-        raise TransferlabError(f"unknown setting(s) {', '.join(sorted(unknown))} for {cls.__name__}; "
-                               f"known: {', '.join(sorted(names))}")
-    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
+        raise SettingError(where + unknown[0], f"unknown setting; known here: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        if is_config(tp):
-            kwargs[name] = from_dict(tp, value or {})
-        else:
-            kwargs[name] = _coerce(value, tp)
-            check_value(name, kwargs[name], meta[name])
-    return cls(**kwargs)
+        kwargs[name] = from_dict(tp, {} if value is None else value, f"{where}{name}.") if is_config(tp) else value
+    try:
+        return cls(**kwargs)
+    except SettingError as exc:
+        raise SettingError(where + exc.setting, exc.problem) from None
 
 
 def flatten(config: Any) -> dict[str, Any]:

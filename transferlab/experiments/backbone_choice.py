@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from ..core.config import option
+from ..core.config import Settings, option
 from ..core.progress import console
 from ..data.builtin import load_dataset
 from ..data.splits import make_splits
@@ -24,7 +24,7 @@ from ..runtime.device import Precision
 from ..runtime.distributed import broadcast, is_main
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
-from .results import main_holds
+from .folder import main_holds
 from .study_files import write_rows
 
 BENCHMARK_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -32,7 +32,7 @@ BENCHMARK_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
+class BenchmarkConfig(Settings):
     """Which backbones to time, and the latency budget for the recommendation."""
 
     names: tuple[str, ...] = option(BENCHMARK_BACKBONES, "comma-separated backbones to benchmark")
@@ -71,7 +71,7 @@ def _measure(name: str, config: TrainConfig, study: BenchmarkConfig, precision: 
     offline = weights_offline(name)
     bb = create_backbone(name, pretrained=offline)
     size = bb.data_config["input_size"][-1]
-    batch = config.schedule.batch_size
+    batch = config.budget.batch_size
     latency = time_forward(bb.model, size, 1, precision, study.repeats)
     per_batch = time_forward(bb.model, size, batch, precision, max(1, study.repeats // 2))
     return {"name": name, "weights": "pretrained" if offline else "random (timing only)",
@@ -113,7 +113,7 @@ def _table(rows: list[dict[str, Any]], with_probe: bool) -> list[list[str]]:
 
 def benchmark_backbones(data: DataConfig | None, config: TrainConfig, out: str | Path,
                         study: BenchmarkConfig = BenchmarkConfig(), quiet: bool = False) -> dict[str, Any]:
-    """Latency (batch 1) and throughput (batch ``config.schedule.batch_size``) of each backbone on this
+    """Latency (batch 1) and throughput (batch ``config.budget.batch_size``) of each backbone on this
     machine, joined with ImageNet top-1 / params / GMACs; with ``data``, the probe's test accuracy for
     every backbone whose weights are available offline."""
     # Under torchrun rank 0 measures alone: latencies measured side by side would disturb each other.
@@ -140,7 +140,7 @@ def _benchmark(data: DataConfig | None, config: TrainConfig, out: Path, study: B
     write_rows(out, rows, {"budget_ms": study.budget_ms, "recommended": best and best["name"],
                            "precision": precision.describe()})
     plot = _plot(rows, ds is not None, study.budget_ms, out / "plots" / "accuracy_vs_latency.png")
-    text = (f"Measured with {precision.describe()}, batch 1 for latency and batch {config.schedule.batch_size} "
+    text = (f"Measured with {precision.describe()}, batch 1 for latency and batch {config.budget.batch_size} "
             "for throughput. Backbones whose weights are not available offline run with random weights: their "
             "timing is real, their accuracy is the published ImageNet figure.")
     if best:

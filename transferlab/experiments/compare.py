@@ -1,15 +1,6 @@
-"""Compare strategies x seeds on the same splits and write the results directory.
-
-```
-<out>/config.yaml      everything needed to rerun (transferlab compare --config <out>/config.yaml)
-<out>/manifest.json    versions, seeds, data fingerprint, machine, wall times
-<out>/metrics.json     per strategy and seed: test/val accuracy, epochs, seconds; summary mean +- 95% CI
-<out>/history.csv      strategy, seed, phase, epoch, train_loss, val_loss, val_acc, seconds,
-                       ema_val_loss, ema_val_acc (the weight average's, where kept)
-<out>/<strategy>/seed<k>/model.safetensors + model.json
-```
-Finished runs are recorded as they end, so an interrupted comparison resumes with ``resume=True``
-and skips them; a run cut short mid-way continues from its last epoch checkpoint.
+"""Compare strategies x seeds on the same splits and write the results directory (its layout:
+``core.layout``). Finished runs are recorded as they end, so an interrupted comparison resumes with
+``resume=True`` and skips them; a run cut short mid-way continues from its last epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -17,16 +8,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from ..core.config import flatten, from_dict, option, to_dict
+from ..core.config import flatten, to_dict
 from ..core.errors import DamagedFileError, TransferlabError
-from ..core.io import atomic_path, ensure_free_space, read_json, write_text
+from ..core.io import atomic_path, ensure_free_space, write_text
+from ..core.layout import ResultsFolder
 from ..core.progress import console, warn
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
@@ -37,92 +28,46 @@ from ..reporting.mlflow_log import check_store
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, train_one
-from ..train.strategies import build_strategy, list_strategies
-from .ensemble import ENSEMBLE
+from ..train.strategies import build_strategy
+from .experiment import DEFAULT_STRATEGIES, ENSEMBLE, CompareConfig, Experiment, load_experiment, read_config_yaml
+from .folder import check_out_folder, main_holds, model_folder
 from .postrun import calibrate_runs, ensemble_run, track_runs
-from .results import check_out_folder, main_holds, model_folder, write_results
+from .results import read_manifest, write_results
 
-DEFAULT_STRATEGIES = ("scratch", "features", "probe", "finetune", "chain-thaw")
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """Which strategies, with how many seeds each."""
-
-    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "comma-separated strategies (see transferlab "
-                                                             "strategies); 'ensemble' averages the others")
-    seeds: int = option(1, "seeds per strategy (0..N-1)", minimum=1)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """The inputs of a comparison: what config.yaml records."""
-
-    data: DataConfig
-    train: TrainConfig = TrainConfig()
-    compare: CompareConfig = CompareConfig()
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DamagedFileError(path, f"not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(saved, dict):
-        raise DamagedFileError(path, "not a transferlab config.yaml")
-    return saved
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    """An Experiment read back from a config.yaml."""
-    path = Path(path)
-    if not path.is_file():
-        raise TransferlabError(f"{path} does not exist; pass the config.yaml of a results directory")
-    try:
-        return from_dict(Experiment, _read_config(path))
-    except DamagedFileError:
-        raise
-    except TransferlabError as exc:  # a setting outside its limits (say, edited by hand)
-        raise TransferlabError(f"{path}: {exc}; edit the file") from None
-    except (TypeError, KeyError, ValueError) as exc:
-        raise DamagedFileError(path, f"not a transferlab config.yaml: {exc}") from None
-
-
-def _has_results(out: Path) -> bool:
-    """Whether ``out`` holds finished or interrupted runs (a config.yaml alone is a failed start)."""
-    return (out / "metrics.json").is_file() or any(out.glob("*/seed*/result.json")) or \
-        any(out.glob("*/seed*/checkpoint.pt"))
+__all__ = ["DEFAULT_STRATEGIES", "CompareConfig", "Experiment", "compare", "load_experiment"]
 
 
 def _check_out(out: Path, exp: Experiment, resume: bool) -> None:
     """Refuse an --out that is a file or lies inside the data, results that would be overwritten, or
     resuming a folder made with other settings."""
     check_out_folder(out, exp.data.source)
-    if not out.is_dir() or not (out / "config.yaml").is_file():
+    folder = ResultsFolder(out)
+    if not out.is_dir() or not folder.config.is_file():
         return
-    if not resume and _has_results(out):
+    if not resume and folder.has_runs():
         raise TransferlabError(f"{out} already holds results; pass --resume to continue them, "
                                "or choose another --out")
-    if resume and _read_config(out / "config.yaml") != to_dict(exp):
+    if resume and read_config_yaml(folder.config) != to_dict(exp):
         raise TransferlabError(f"{out} was made with other settings; resume with the same options "
-                               f"(saved in {out / 'config.yaml'}) or choose another --out")
+                               f"(saved in {folder.config}) or choose another --out")
 
 
 def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray]) -> None:
     """On resume: the data and splits must be those the finished runs were trained on."""
-    manifest, saved_splits = out / "manifest.json", out / "splits.npz"
-    if manifest.is_file():
-        before = read_json(manifest).get("data", {}).get("fingerprint")
-        if before and before != ds.fingerprint:
+    folder = ResultsFolder(out)
+    if folder.manifest.is_file():
+        before = read_manifest(folder.manifest, "delete it and run the same command with --resume: it is "
+                                                "written again").data.fingerprint
+        if before != ds.fingerprint:
             raise TransferlabError(f"the data changed since {out} was made (fingerprint {before}, now "
                                    f"{ds.fingerprint}): its runs would mix two data sets; start a new --out")
-    if saved_splits.is_file():
+    if folder.splits.is_file():
         try:
-            with np.load(saved_splits) as saved:
+            with np.load(folder.splits, allow_pickle=False) as saved:
                 same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
                     np.array_equal(saved["labels"], ds.labels)
-        except (OSError, ValueError, KeyError) as exc:
-            raise DamagedFileError(saved_splits, str(exc)) from None
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise DamagedFileError(folder.splits, str(exc)) from None
         if not same:
             raise TransferlabError(f"the images or splits differ from those {out} was made with; "
                                    "start a new --out")
@@ -135,7 +80,7 @@ def _results_bytes(plan: CompareConfig, params_m: float | None) -> int:
     return plan.seeds * len(plan.strategies) * weights + 3 * weights + (20 << 20)
 
 
-def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: CompareConfig = CompareConfig(), *,
+def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: CompareConfig | None = None, *,
             resume: bool = False, quiet: bool = False, command: str = "", mlflow: str | None = None) -> dict[str, Any]:
     """Train every strategy of ``plan`` for every seed on the same splits; write the results directory.
 
@@ -150,19 +95,14 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     Returns:
         The content of metrics.json.
     """
-    unknown = [s for s in plan.strategies if s not in (*list_strategies(), ENSEMBLE)]
-    if unknown:
-        raise TransferlabError(f"unknown strategy {', '.join(unknown)}; known: {', '.join(list_strategies())}, "
-                               f"and {ENSEMBLE} (of the others)")
-    if ENSEMBLE in plan.strategies and len(set(plan.strategies) - {ENSEMBLE}) < 2:
-        raise TransferlabError(f"{ENSEMBLE} averages the other strategies of a compare: name at least two more")
-    exp, out = Experiment(data, config, plan), Path(out)
+    plan = plan or CompareConfig()
+    exp, out = Experiment(data, config, plan), Path(out)  # checked as built: a bad value stops here
     _check_out(out, exp, resume)
     # Everything that can fail on the user's input fails before the folder is touched.
     spec = backbone_spec(config.model.backbone, config.model.image_size)
     ds = load_dataset(data.source, strict=data.strict)
     imbalance = ds.imbalance_warning()
-    if imbalance and config.schedule.class_weights == "none" and is_main():
+    if imbalance and config.imbalance.class_weights == "none" and is_main():
         warn(imbalance)
     splits = make_splits(ds, seed=data.split_seed)
     def checks() -> None:
@@ -242,22 +182,22 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
     """config.yaml and splits.npz (rank 0), and the prepared data (every process; the image cache is
     built by the first and waited for by the others)."""
     if is_main():
-        write_text(out / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
+        write_text(ResultsFolder(out).config, yaml.safe_dump(to_dict(exp), sort_keys=False))
     prep = prepare(ds, splits, exp.train, quiet=quiet)
     if is_main():
-        with atomic_path(out / "splits.npz") as tmp:
+        with atomic_path(ResultsFolder(out).splits) as tmp:
             np.savez(tmp, labels=ds.labels, **splits)
     return prep
 
 
 def _equal_compute(config: TrainConfig) -> bool:
     """Whether scratch is timed against the pretrained strategies (on, unless a budget is given)."""
-    return config.schedule.equal_compute and config.schedule.time_budget is None
+    return config.budget.equal_compute and config.budget.time_budget is None
 
 
 def _pretrained(strategy: str, config: TrainConfig) -> bool:
     spec = backbone_spec(config.model.backbone, config.model.image_size)
-    return build_strategy(strategy, spec.groups, config.strategy_options()).pretrained
+    return build_strategy(strategy, spec.groups, config).pretrained
 
 
 def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:

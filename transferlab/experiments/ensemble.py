@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-ENSEMBLE = "ensemble"
+from ..core.errors import DamagedFileError
+from ..core.layout import RunFolder
+from ..train.run import load_probabilities
+from .experiment import ENSEMBLE
+
+__all__ = ["ENSEMBLE", "fit_ensemble", "select_weights"]
+
 ROUNDS = 20
 
 
@@ -78,11 +84,15 @@ class EnsembleFit:
 def fit_ensemble(folders: dict[str, Path], y_val: np.ndarray, y_test: np.ndarray, seed: int = 0) -> EnsembleFit | None:
     """The ensemble of the runs in ``folders`` (name -> run folder with val_probs.npy/test_probs.npy);
     None when fewer than two runs have their probabilities saved."""
-    have = {n: f for n, f in folders.items() if (f / "val_probs.npy").is_file() and (f / "test_probs.npy").is_file()}
+    have = {n: RunFolder(f) for n, f in folders.items()
+            if RunFolder(f).val_probs.is_file() and RunFolder(f).test_probs.is_file()}
     if len(have) < 2:
         return None
-    val = {n: np.load(f / "val_probs.npy").astype(np.float64) for n, f in have.items()}
-    test = {n: np.load(f / "test_probs.npy").astype(np.float64) for n, f in have.items()}
+    val = {n: load_probabilities(f.val_probs, len(y_val), None).astype(np.float64) for n, f in have.items()}
+    test = {n: load_probabilities(f.test_probs, len(y_test), None).astype(np.float64) for n, f in have.items()}
+    if len({p.shape[1] for p in (*val.values(), *test.values())}) > 1:
+        raise DamagedFileError(next(iter(have.values())).val_probs, "the runs' probabilities have different numbers "
+                               "of classes")
     weights = select_weights(val, y_val)
     test_probs, val_probs = combine(test, weights), combine(val, weights)
     return EnsembleFit(weights, cross_fitted_accuracy(val, y_val, seed), float((test_probs.argmax(1) == y_test).mean()),

@@ -12,14 +12,16 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..core.io import write_json
+from ..core.layout import RunFolder
 from ..core.progress import console, warn
 from ..reporting.mlflow_log import write_mlflow
 from ..reporting.tracking import write_tensorboard
-from ..train.calibration import expected_calibration_error, fit_temperature, scale
-from ..train.run import Prepared, RunResult, save_predictions
+from ..train.calibration import Calibration, expected_calibration_error, fit_temperature, scale
+from ..train.records import RunDetails
+from ..train.run import Prepared, RunResult, load_probabilities, save_predictions
 from ..train.scores import classification_scores
 from .ensemble import ENSEMBLE, fit_ensemble
-from .results import model_folder
+from .folder import model_folder
 
 
 def ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], quiet: bool) -> list[RunResult]:
@@ -33,16 +35,16 @@ def ensemble_run(out: Path, prep: Prepared, seed: int, done: list[RunResult], qu
         warn(f"{ENSEMBLE} seed {seed}: fewer than two runs saved their probabilities (made by an older version?); "
              "left out")
         return []
-    folder = model_folder(out, ENSEMBLE, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "ensemble.json", {"members": {n: {"folder": f"../../{n}/seed{seed}", "weight": w}
-                                                      for n, w in fit.weights.items()}})
-    save_predictions(folder, fit.test_probs, fit.val_probs)
+    folder = RunFolder(model_folder(out, ENSEMBLE, seed))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_json(folder.ensemble, {"members": {n: {"folder": f"../../{n}/seed{seed}", "weight": w}
+                                             for n, w in fit.weights.items()}})
+    save_predictions(folder.path, fit.test_probs, fit.val_probs)
     seconds = sum(r.seconds for r in done if r.seed == seed and r.strategy in fit.weights)
     result = RunResult(ENSEMBLE, seed, fit.test_acc, fit.val_acc, fit.test_loss, 0, seconds,
-                       details={"weights": {n: round(w, 3) for n, w in fit.weights.items()}},
+                       details=RunDetails(weights={n: round(w, 3) for n, w in fit.weights.items()}),
                        scores=classification_scores(fit.test_probs, labels[prep.splits["test"]], prep.dataset.classes))
-    write_json(folder / "result.json", dataclasses.asdict(result))
+    write_json(folder.result, result.to_dict())
     return [result]
 
 
@@ -51,15 +53,17 @@ def calibrate_runs(out: Path, prep: Prepared, results: list[RunResult]) -> None:
     its folder, read by predict); the test ECE before and after goes into its scores."""
     labels = prep.dataset.labels
     y_val, y_test = labels[prep.splits["val"]], labels[prep.splits["test"]]
+    k = len(prep.dataset.classes)
     for r in results:
-        folder = model_folder(out, r.strategy, r.seed)
-        if not (folder / "val_probs.npy").is_file() or not (folder / "test_probs.npy").is_file():
+        folder = RunFolder(model_folder(out, r.strategy, r.seed))
+        if not folder.val_probs.is_file() or not folder.test_probs.is_file():
             continue
-        t = fit_temperature(np.load(folder / "val_probs.npy"), y_val)
-        test = np.load(folder / "test_probs.npy")
-        info = {"temperature": round(t, 4), "ece": expected_calibration_error(test, y_test),
-                "ece_calibrated": expected_calibration_error(scale(test, t), y_test)}
-        write_json(folder / "calibration.json", info)
+        t = fit_temperature(load_probabilities(folder.val_probs, len(y_val), k), y_val)
+        test = load_probabilities(folder.test_probs, len(y_test), k)
+        info = Calibration(round(t, 4), expected_calibration_error(test, y_test),
+                           expected_calibration_error(scale(test, t), y_test))
+        write_json(folder.calibration, dataclasses.asdict(info))
+        info = dataclasses.asdict(info)
         r.scores.update(info)
 
 
@@ -68,13 +72,13 @@ def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: lis
     """TensorBoard event files of every run, with the winner's test confusion matrix (and the same
     in MLflow when ``mlflow`` names a store)."""
     seed = next(r.seed for r in results if r.strategy == winner)
-    preds = model_folder(out, winner, seed) / "test_predictions.npy"
+    preds = RunFolder(model_folder(out, winner, seed)).test_predictions
     classes = prep.dataset.classes
     confusion = None
     if preds.is_file():
         y = prep.dataset.labels[prep.splits["test"]]
         confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
-    runs = [dataclasses.asdict(r) for r in results]
+    runs = [r.to_dict() for r in results]
     write_tensorboard(out, settings, runs, winner, confusion)
     if mlflow:
         write_mlflow(out, mlflow, settings, runs, winner, confusion)

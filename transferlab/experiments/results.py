@@ -1,5 +1,5 @@
 """The results of a comparison: summaries over seeds (mean +- CI), the winner, and the files that
-record them (metrics.json, history.csv, manifest.json)."""
+record them (metrics.json, history.csv, manifest.json), with the typed records they are read back as."""
 
 from __future__ import annotations
 
@@ -9,72 +9,21 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..core.errors import TransferlabError
-from ..core.io import atomic_path, folder_lock, remove_stale_temporaries, write_json
-from ..runtime.distributed import backend, broadcast, is_main, joined, world_size
+from ..core.io import atomic_path, write_json
+from ..core.layout import ResultsFolder
+from ..core.records import RecordError, read_record
+from ..runtime.distributed import backend, joined, world_size
 from ..train.run import Prepared, RunResult
-
-if TYPE_CHECKING:
-    from .compare import Experiment
+from .experiment import Experiment
 
 HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds",
                   "ema_val_loss", "ema_val_acc"]  # the weight average's, in phases that keep one (--ema)
-
-
-def check_out_folder(out: Path, source: str | None = None) -> None:
-    """``--out`` must be a folder (or not exist yet), outside the data folder ``source``."""
-    if out.exists() and not out.is_dir():
-        raise TransferlabError(f"--out {out} is a file, not a folder; choose another --out")
-    data = Path(source).expanduser() if source else None
-    if data is not None and data.is_dir() and out.resolve().is_relative_to(data.resolve()):
-        raise TransferlabError(f"--out {out} lies inside the data folder {data}: results would be read as "
-                               "images next time; choose an --out outside it")
-
-
-@contextmanager
-def results_folder(out: Path, source: str | None, what: str) -> Iterator[Path]:
-    """Hold the results folder ``out`` for one process (a second one stops with a message), after
-    checking it (``check_out_folder``) and removing temporaries that killed processes left in it."""
-    check_out_folder(out, source)
-    with folder_lock(out, what=what):
-        remove_stale_temporaries(out)
-        yield out
-
-
-@contextmanager
-def main_holds(out: Path, source: str | None, what: str, checks: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """``results_folder`` held by rank 0 alone (the only writer of shared results), with ``checks``
-    run there; a refusal on rank 0 stops every process of a torchrun job with the same message."""
-    held, error = ExitStack(), None
-    if is_main():
-        try:
-            held.enter_context(results_folder(out, source, what))
-            checks()
-        except TransferlabError as exc:
-            held.close()
-            error = str(exc)
-    error = broadcast(error)
-    if error is not None:
-        raise TransferlabError(error)
-    with held:
-        yield
-
-
-def model_folder(out: Path, strategy: str, seed: int) -> Path:
-    """Where the run of ``strategy`` with ``seed`` keeps its weights in the results directory ``out``."""
-    return out / strategy / f"seed{seed}"
-
-
-def results_root(folder: Path) -> Path | None:
-    """The results directory (the one holding config.yaml) that a model folder belongs to, if any."""
-    return next((p for p in (folder, *folder.parents) if (p / "config.yaml").is_file()), None)
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -97,9 +46,9 @@ def summarise(results: list[RunResult]) -> dict[str, dict[str, float]]:
         out[name] = {"test_acc": acc, "test_acc_ci95": ci, "val_acc": float(np.mean([r.val_acc for r in rs])),
                      "epochs": float(np.mean([r.epochs for r in rs])),
                      "seconds": float(np.mean([r.seconds for r in rs])), "seeds": len(rs),
-                     "budget_cut": sum(1 for r in rs if r.details.get("budget_cut")),
+                     "budget_cut": sum(1 for r in rs if r.details.budget_cut),
                      # BatchNorm 'auto': runs whose batch-statistics attempt was undone for frozen statistics
-                     "bn_fallback": sum(1 for r in rs if "body_bn_train_epochs" in r.details),
+                     "bn_fallback": sum(1 for r in rs if r.details.body_bn_train_epochs is not None),
                      **{k: float(np.mean([r.scores[k] for r in rs]))
                         for k in _QUOTED if all(k in r.scores for r in rs)}}
     return out
@@ -129,7 +78,7 @@ def _versions() -> dict[str, str]:
 
 def _processes(exp: Experiment) -> dict[str, Any]:
     """How the runs were spread over a torchrun job, and the batch and learning rates that result."""
-    world, mode, batch = world_size(), exp.train.runtime.parallel, exp.train.schedule.batch_size
+    world, mode, batch = world_size(), exp.train.runtime.parallel, exp.train.budget.batch_size
     if not joined():
         return {"count": world, "mode": "single"}
     info: dict[str, Any] = {"count": world, "mode": mode, "backend": backend()}
@@ -145,8 +94,9 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
     summary = summarise(results)
     metrics = {"runs": [r.summary() for r in results], "summary": summary,
                "winner": winner(summary) if summary else None}
-    write_json(out / "metrics.json", metrics)
-    with atomic_path(out / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+    folder = ResultsFolder(out)
+    write_json(folder.metrics, metrics)
+    with atomic_path(folder.history) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, HISTORY_FIELDS)
         writer.writeheader()
         for r in results:
@@ -154,7 +104,7 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
                 writer.writerow({"strategy": r.strategy, "seed": r.seed,
                                  **{k: h.get(k, "") for k in HISTORY_FIELDS[2:]}})
     ds = prep.dataset
-    write_json(out / "manifest.json", {
+    write_json(folder.manifest, {
         "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),
         "split_seed": exp.data.split_seed,
         "data": {"name": ds.name, "images": len(ds), "classes": ds.classes, "fingerprint": ds.fingerprint,
@@ -169,3 +119,78 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
         "processes": _processes(exp),
     })
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The records read back
+
+
+@dataclass
+class StrategySummary:
+    """One strategy's row of metrics.json's summary."""
+
+    test_acc: float
+    test_acc_ci95: float
+    val_acc: float
+    epochs: float
+    seconds: float
+    seeds: int
+    budget_cut: int = 0
+    bn_fallback: int = 0
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+@dataclass
+class Metrics:
+    """metrics.json: every finished run (without its history), the summary per strategy, the winner."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    summary: dict[str, StrategySummary] = field(default_factory=dict)
+    winner: str | None = None
+
+    def check(self) -> None:
+        if self.winner is not None and self.winner not in self.summary:
+            raise RecordError("winner", f"{self.winner!r} is not a strategy of the summary")
+        stray = {r.strategy for r in self.runs} - set(self.summary)
+        if stray:
+            raise RecordError("runs", f"strategy {sorted(stray)[0]!r} has runs but no summary")
+
+
+@dataclass
+class ManifestData:
+    """The part of manifest.json's ``data`` that a resume compares."""
+
+    fingerprint: str
+    name: str = ""
+    images: int = 0
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    imbalance_warning: str | None = None
+    splits: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """manifest.json: how the results were made (only ``data`` is read back, on resume)."""
+
+    data: ManifestData
+    command: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    split_seed: int = 0
+    machine: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: dict[str, float] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, Any] = field(default_factory=dict)
+
+
+def read_metrics(path: Path, fix: str = "") -> Metrics:
+    """metrics.json read back (``DamagedFileError`` when it does not parse or holds the wrong content)."""
+    return read_record(Metrics, path, fix)
+
+
+def read_manifest(path: Path, fix: str = "") -> Manifest:
+    """manifest.json read back (``DamagedFileError`` when it does not parse or holds the wrong content)."""
+    return read_record(Manifest, path, fix)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..core.config import option
+from ..core.config import Settings, option
 from ..core.progress import console
 from ..data.builtin import load_dataset
 from ..data.splits import make_splits, per_class_subset
@@ -19,12 +19,12 @@ from ..reporting.render import Section, render
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
-from .results import main_holds
+from .folder import main_holds
 from .study_files import write_rows
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Settings):
     """Which dataset sizes, how many random subsets of each, and which strategies."""
 
     per_class: tuple[int, ...] = option((1, 2, 5, 10, 20, 40), "training images per class, e.g. 1,2,5,10",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..core.config import option
+from ..core.config import Settings, option
 from ..core.errors import TransferlabError
 from ..core.progress import console
 from ..data.builtin import load_dataset
@@ -24,22 +24,22 @@ from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
 from ..runtime.distributed import broadcast, is_main
 from ..train.batches import ImageBatches
-from ..train.config import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
+from ..train.config import BatchNormPolicy, BudgetConfig, DataConfig, ModelConfig, TrainConfig
 from ..train.engine import PhaseContext, evaluate, fit_phase
 from ..train.run import Prepared, prepare
 from ..train.strategies import Gradient, Phase
-from .results import main_holds
+from .folder import main_holds
 from .study_files import write_rows
 
 # What the study runs on unless told otherwise: many small networks trained from scratch.
-DEFAULT_CONFIG = TrainConfig(ModelConfig(backbone="small_cnn", image_size=32),
-                             ScheduleConfig(max_epochs=15, patience=4))
+DEFAULT_CONFIG = TrainConfig(model=ModelConfig(backbone="small_cnn", image_size=32),
+                             budget=BudgetConfig(max_epochs=15, patience=4))
 STYLES = {"BnB": ("#2b7bba", "o", "-"), "BnB+": ("#2b7bba", "s", "--"), "AnB": ("#d62728", "o", "-"),
           "AnB+": ("#d62728", "s", "--")}
 
 
 @dataclass(frozen=True)
-class TransferabilityConfig:
+class TransferabilityConfig(Settings):
     """How the classes are halved, where the networks are cut, and the learning rate."""
 
     split: str = option("random", "'random' or the comma-separated classes of half A")
@@ -71,12 +71,12 @@ class _Study:
 
     def __init__(self, prep: Prepared, config: TrainConfig, lr: float, quiet: bool):
         self.prep, self.config, self.quiet = prep, config, quiet
-        s = config.schedule
-        self.method = Gradient(lr=lr, max_epochs=s.max_epochs or 15, patience=s.patience or 4, bn_eval=False)
+        s = config.budget
+        self.method = Gradient(lr=lr, max_epochs=s.max_epochs or 15, patience=s.patience or 4, bn=BatchNormPolicy.TRAIN)
 
     def batches(self, classes: list[int]) -> tuple[ImageBatches, ImageBatches, ImageBatches]:
         """Train (augmented), val and test batches of ``classes``, labelled 0..len(classes)-1."""
-        ds, splits, bs = self.prep.dataset, self.prep.splits, self.config.schedule.batch_size
+        ds, splits, bs = self.prep.dataset, self.prep.splits, self.config.budget.batch_size
         labels = np.full(len(ds), -1, dtype=np.int64)
         for k, c in enumerate(classes):
             labels[ds.labels == c] = k

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from ..core.errors import TransferlabError
 from ..experiments.compare import CompareConfig, compare
 from ..models.backbone import DEFAULT_BACKBONE
-from ..train.config import DataConfig, ModelConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from ..train.config import BudgetConfig, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from .predict import Predictor
 
 AUTO = ("probe", "finetune", "ensemble")
@@ -52,18 +52,19 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.seed, self.device, self.out, self.verbose = seed, device, out, verbose
 
     def _config(self) -> TrainConfig:
-        return TrainConfig(ModelConfig(backbone=self.backbone, image_size=self.image_size),
-                           ScheduleConfig(max_epochs=self.max_epochs), RuntimeConfig(device=self.device))
+        return TrainConfig(model=ModelConfig(backbone=self.backbone, image_size=self.image_size),
+                           budget=BudgetConfig(max_epochs=self.max_epochs), runtime=RuntimeConfig(device=self.device))
 
     def fit(self, X: Any, y: Any = None) -> TransferClassifier:
         """Train on ``X``: a DATA spec (folder, CSV, ``digits``...), or image files with labels ``y``."""
-        strategies = AUTO if self.strategy == "auto" else tuple(s.strip() for s in self.strategy.split(","))
+        strategies = AUTO if self.strategy == "auto" else tuple(s.strip() for s in str(self.strategy).split(","))
+        config, plan = self._config(), CompareConfig(strategies=strategies, seeds=1)  # bad settings stop here
+        DataConfig("digits", split_seed=self.seed)
         work = Path(tempfile.mkdtemp(prefix="transferlab-"))
         try:
             source = _as_source(X, y, work)
             out = Path(self.out) if self.out else work / "results"
-            metrics = compare(DataConfig(source, split_seed=self.seed), self._config(), out,
-                              CompareConfig(strategies=strategies, seeds=1), quiet=not self.verbose,
+            metrics = compare(DataConfig(source, split_seed=self.seed), config, out, plan, quiet=not self.verbose,
                               command="TransferClassifier.fit")
             self.winner_ = metrics["winner"]
             self.scores_ = {r["strategy"]: {"test_acc": r["test_acc"], "val_acc": r["val_acc"]}

@@ -7,14 +7,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, write_json
+from ..core.layout import ResultsFolder
 from ..data.builtin import load_dataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..data.transforms import eval_batch
+from ..experiments.experiment import load_experiment
 from ..models.heads import TransferModel
 from .saved import load_model
 
@@ -36,8 +37,8 @@ def _sample_inputs(info: dict[str, Any], n: int = 4) -> torch.Tensor:
     """A few real images of the run's data when they can be read, else image-like noise."""
     size = info["data_config"]["input_size"][-1]
     try:
-        config = yaml.safe_load((Path(info["run_dir"]) / "config.yaml").read_text())
-        ds = load_dataset(config["data"]["source"])
+        exp = load_experiment(ResultsFolder(Path(info["run_dir"])).config)  # the one loader of --config too
+        ds = load_dataset(exp.data.source)
         cfg = info["data_config"]
         cache = build_image_cache(ds, cache_side(cfg), cfg["interpolation"], quiet=True)
         idx = np.linspace(0, len(ds) - 1, n).astype(int)

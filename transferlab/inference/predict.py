@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ..core.errors import DataError
-from ..core.io import read_json
+from ..core.layout import RunFolder
 from ..data.images import IMAGE_EXTENSIONS
-from ..train.calibration import scale
+from ..train.calibration import Calibration, scale
 from .classify import preprocess
-from .saved import ensemble_members, find_model_dir, load_model
+from .saved import ensemble_members, find_model_dir, load_model, redo_hint
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -38,11 +38,12 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, strategy: str | None = None, batch_size: int = 32):
         folder = find_model_dir(run_dir, strategy)
-        members = ensemble_members(folder) if (folder / "ensemble.json").is_file() else {folder: 1.0}
+        run = RunFolder(folder)
+        members = ensemble_members(folder) if run.is_ensemble() else {folder: 1.0}
         self.models = [(load_model(f), w) for f, w in members.items()]
         # Temperature scaling fitted on validation (compare writes it): calibrated probabilities.
-        calibration = folder / "calibration.json"
-        self.temperature = float(read_json(calibration).get("temperature", 1.0)) if calibration.is_file() else 1.0
+        self.temperature = Calibration.read(run.calibration, redo_hint(folder)).temperature \
+            if run.calibration.is_file() else 1.0
         self.classes: list[str] = self.models[0][0][1]["classes"]
         self.folder, self.batch_size = folder, batch_size
 

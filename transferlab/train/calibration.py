@@ -7,10 +7,36 @@ Scaling works on saved probabilities as well as on logits: ``softmax(log p / T)`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from ..core.records import RecordError, positive_finite, read_record
+
 BINS = 15
+
+
+@dataclass
+class Calibration:
+    """calibration.json: the temperature fitted on validation, and the test ECE before and after."""
+
+    temperature: float
+    ece: float | None = None
+    ece_calibrated: float | None = None
+
+    def check(self) -> None:
+        positive_finite("temperature", self.temperature)
+        for name in ("ece", "ece_calibrated"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise RecordError(name, f"{value} is not between 0 and 1")
+
+    @classmethod
+    def read(cls, path: Path, fix: str = "") -> Calibration:
+        """calibration.json read back (``DamagedFileError`` if it is not one)."""
+        return read_record(cls, path, fix)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:

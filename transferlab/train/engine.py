@@ -31,6 +31,7 @@ from ..runtime.device import Precision
 from .averaging import WeightAverage
 from .batches import Batches
 from .checkpoints import PhaseState
+from .config import BatchNormPolicy
 from .probe import balanced_weights
 from .strategies import Gradient, Phase
 
@@ -59,14 +60,16 @@ def freeze(model: TransferModel, trainable: tuple[str, ...]) -> list[nn.Module]:
 
 
 def set_train_mode(model: nn.Module, frozen: list[nn.Module], frozen_bn_eval: bool = True,
-                   bn_eval: bool = False) -> None:
+                   bn: BatchNormPolicy = BatchNormPolicy.TRAIN) -> None:
     """Training mode, except frozen parts stay in eval mode (BatchNorm statistics untouched), and
-    with ``bn_eval`` every BatchNorm uses its stored statistics."""
+    with ``bn`` FROZEN every BatchNorm uses its stored statistics."""
+    if bn is BatchNormPolicy.AUTO:
+        raise ValueError("the BatchNorm policy must be decided before a phase trains (train.runners)")
     model.train()
     if frozen_bn_eval:
         for m in frozen:
             m.eval()
-    if bn_eval:
+    if bn is BatchNormPolicy.FROZEN:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
@@ -350,7 +353,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             t0 = time.perf_counter()
             seed_e = epoch_seed(ctx.seed, ctx.phase_index, epoch)
             torch.manual_seed(seed_e)  # dropout
-            set_train_mode(model, frozen, method.frozen_bn_eval, method.bn_eval)
+            set_train_mode(model, frozen, method.frozen_bn_eval, method.bn)
             schedule_rates(optimizer, method, epoch)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e),  # order and augmentation

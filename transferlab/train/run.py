@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..core.errors import DamagedFileError
-from ..core.io import atomic_path, read_json, write_json
+from ..core.io import atomic_path, write_json
+from ..core.layout import RunFolder
 from ..core.progress import warn
+from ..core.records import check_array
 from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, build_whole_cache, cache_side
 from ..data.imagestore import ImageStore
@@ -37,9 +39,10 @@ from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import PhaseContext, predict_logits
 from .features import FeatureStore, ImageSource, advance, encode
+from .records import RunResult
 from .runners import PhaseRun, runner_for
 from .scores import classification_scores
-from .strategies import Gradient, Phase, Strategy, build_strategy
+from .strategies import Phase, Strategy, build_strategy
 
 
 @dataclass
@@ -77,26 +80,6 @@ def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainC
     return Prepared(dataset, splits, data_config, cache, precision, ImageStore(cache, precision.device))
 
 
-@dataclass
-class RunResult:
-    """What one run of a strategy with a seed gave (result.json; a row of metrics.json)."""
-
-    strategy: str
-    seed: int
-    test_acc: float
-    val_acc: float
-    test_loss: float
-    epochs: int
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. the C the probe's cross-validation chose
-    scores: dict[str, Any] = field(default_factory=dict)  # test: balanced accuracy, macro-F1, top-k, per class
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the per-epoch history."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "history"}
-
-
 class PhaseInputs:
     """The batches of each phase, at the level where its first trainable part starts.
 
@@ -107,7 +90,7 @@ class PhaseInputs:
     def __init__(self, model: TransferModel, prep: Prepared, config: TrainConfig, store: FeatureStore | None,
                  quiet: bool, data_parallel: bool = False):
         self.model, self.prep, self.config, self.store, self.quiet = model, prep, config, store, quiet
-        self.batch_size = config.schedule.batch_size
+        self.batch_size = config.budget.batch_size
         self.images = ImageSource(prep.images, prep.data_config, prep.precision,
                                   prep.precision.inference_batch(self.batch_size), quiet, sharded=data_parallel)
         self.prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an inner level
@@ -126,12 +109,12 @@ class PhaseInputs:
         labels = self.prep.dataset.labels
         size = self.batch_size if train else self.images.batch_size
         if level == 0:
-            augment = train and self.config.schedule.augment
+            augment = train and self.config.augment.augment
             images, aspects = self.prep.images, None
-            if augment and self.config.schedule.crop_from == "whole":
+            if augment and self.config.augment.crop_from == "whole":
                 images, aspects = self.prep.whole_images(self.quiet)
             return ImageBatches(images, idx, labels, self.prep.data_config, size, augment,
-                                self.config.schedule.augment_policy, aspects)
+                                self.config.augment.augment_policy, aspects)
         if level == self.model.pooled_level and pristine and self.store is not None:
             feats = self.store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
             return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
@@ -139,15 +122,15 @@ class PhaseInputs:
 
     def for_phase(self, phase: Phase, pristine: bool) -> tuple[Batches, Batches]:
         """(train, val) batches for ``phase``."""
-        level, splits, schedule = self.level(phase), self.prep.splits, self.config.schedule
-        views = schedule.views if schedule.augment and runner_for(phase).augmented else 1
+        level, splits, aug = self.level(phase), self.prep.splits, self.config.augment
+        views = aug.views if aug.augment and runner_for(phase).augmented else 1
         if self.prefix is not None and 0 < self.prefix[0].level <= level < self.model.pooled_level:
             train, val = (advance(self.model, b, level, self.prep.precision) for b in self.prefix)
         else:
             train = self.batches(splits["train"], level, views, pristine, train=True)
             val = self.batches(splits["val"], level, 1, pristine)
         self.prefix = (train, val) if 0 < level < self.model.pooled_level else None
-        train.balanced = schedule.balanced_sampler
+        train.balanced = self.config.imbalance.balanced_sampler
         return train, val
 
     def after_phase(self, phase: Phase) -> None:
@@ -162,25 +145,57 @@ def _build_model(config: TrainConfig, strategy: Strategy, seed: int,
     torch.manual_seed(seed)  # for scratch: the backbone's initial weights
     backbone = create_backbone(config.model.backbone, pretrained=strategy.pretrained,
                                image_size=config.model.image_size)
-    head = LINEAR_HEAD if strategy.linear_head else HeadSpec(config.model.head_hidden, config.model.dropout)
+    head = LINEAR_HEAD if strategy.linear_head else HeadSpec(config.head.head_hidden, config.head.dropout)
     torch.manual_seed(seed)  # the head's initial weights
     return TransferModel(backbone, num_classes, head), backbone, head
 
 
-def _save_model(run_dir: Path, model: TransferModel, info: dict[str, Any]) -> None:
-    with atomic_path(run_dir / "model.safetensors") as tmp:
+def _save_model(folder: RunFolder, model: TransferModel, info: dict[str, Any]) -> None:
+    with atomic_path(folder.weights) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(run_dir / "model.json", info)
+    write_json(folder.model, info)
 
 
 def save_predictions(run_dir: Path, test_probs: np.ndarray, val_probs: np.ndarray) -> None:
     """What later steps read without the model: the test labels predicted (the report), and the
     class probabilities on test and validation (ensembles are chosen on validation)."""
-    with atomic_path(run_dir / "test_predictions.npy") as tmp:
+    folder = RunFolder(run_dir)
+    with atomic_path(folder.test_predictions) as tmp:
         np.save(tmp, test_probs.argmax(1))
-    for name, probs in (("test_probs", test_probs), ("val_probs", val_probs)):
-        with atomic_path(run_dir / f"{name}.npy") as tmp:
+    for path, probs in ((folder.test_probs, test_probs), (folder.val_probs, val_probs)):
+        with atomic_path(path) as tmp:
             np.save(tmp, probs.astype(np.float32))
+
+
+def load_probabilities(path: Path, rows: int, classes: int | None, fix: str = "") -> np.ndarray:
+    """Saved class probabilities (``rows`` x ``classes``, float) read back; a file cut short, of
+    another shape or with values that are not probabilities is a ``DamagedFileError``."""
+    try:
+        probs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DamagedFileError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, fix) from None
+    if probs.dtype.kind != "f":
+        raise DamagedFileError(path, f"holds {probs.dtype} values, not probabilities", fix)
+    probs = check_array(path, probs, (rows, classes), fix)
+    if (probs < 0).any() or (probs > 1 + 1e-4).any():
+        raise DamagedFileError(path, "holds values outside 0..1, not probabilities", fix)
+    return probs
+
+
+def _predictions_intact(folder: RunFolder, prep: Prepared) -> bool:
+    """Whether a finished run's saved probabilities read back whole (what ensembles and calibration
+    read); a run whose files are cut short is trained again on resume."""
+    k = len(prep.dataset.classes)
+    try:
+        load_probabilities(folder.val_probs, len(prep.splits["val"]), k)
+        load_probabilities(folder.test_probs, len(prep.splits["test"]), k)
+    except DamagedFileError as exc:
+        warn(str(exc))
+        return False
+    return True
+
+
+__all__ = ["Prepared", "RunResult", "load_probabilities", "prepare", "save_predictions", "train_one"]
 
 
 class _Checkpointer:
@@ -203,49 +218,43 @@ class _Checkpointer:
         return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
 
 
-def _bn_mode(phase: Phase, details: dict[str, Any]) -> Phase:
-    """``phase`` with a BatchNorm policy the run left open (``Gradient.bn_eval`` None) made definite:
-    the one this run settled on (``details["body_bn"]``), else batch statistics."""
-    method = phase.method
-    if not isinstance(method, Gradient) or method.bn_eval is not None:
-        return phase
-    frozen = details.get("body_bn", "train") == "frozen"
-    return dataclasses.replace(phase, method=dataclasses.replace(method, bn_eval=frozen))
-
-
 def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
                 ctx: PhaseContext) -> None:
-    """Run the strategy's phases from the checkpointed one on; record each in ``ckpt.state``.
-
-    A phase whose BatchNorm policy is left to the run (``Gradient.bn_eval`` None) runs with batch
-    statistics first; if the first such phase never beats its starting weights (which it then
-    restores), it runs again with frozen statistics, and later phases keep the policy that worked."""
+    """Run the strategy's phases from the checkpointed one on; record each in ``ckpt.state``."""
     state, start = ckpt.state, ckpt.state.phase_index
-    for i, open_phase in enumerate(strategy.phases):
+    for i, phase in enumerate(strategy.phases):
         if i < start:
             continue
-        deciding = isinstance(open_phase.method, Gradient) and open_phase.method.bn_eval is None \
-            and "body_bn" not in state.details
-        phase = _bn_mode(open_phase, state.details)
+        before = [h for h in state.history if h["phase_index"] < i]
         train, val = inputs.for_phase(phase, pristine=not state.body_changed)
         phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i),
                                         resume=state.phase_state if i == start else None)
-        run = PhaseRun(model, phase, train, val, phase_ctx, state.details)
+        run = PhaseRun(model, phase, train, val, phase_ctx, state.details,
+                       restart=lambda i=i, before=before: ckpt.save(i, None, before))
         rows = runner_for(phase).run(run)
-        if deciding and not run.improved and "budget_cut" not in state.details:
-            # Batch statistics never beat the start (now restored): the same phase with frozen ones,
-            # decided before it starts so that a resume continues it the same way.
-            state.details |= {"body_bn": "frozen", "body_bn_train_epochs": len(rows)}
-            ckpt.save(i, None, [h for h in state.history if h["phase_index"] < i])
-            run = dataclasses.replace(run, phase=_bn_mode(open_phase, state.details),
-                                      ctx=dataclasses.replace(phase_ctx, resume=None))
-            rows = runner_for(phase).run(run)
-        elif deciding:
-            state.details["body_bn"] = "train"
-        state.history = [h for h in state.history if h["phase_index"] < i] + [{**h, "phase_index": i} for h in rows]
+        state.history = before + [{**h, "phase_index": i} for h in rows]
         state.body_changed = state.body_changed or bool(phase.body_trainable)
         inputs.after_phase(phase)
         ckpt.save(i + 1, None, state.history)
+
+
+def _resumed_state(model: TransferModel, folder: RunFolder, phases: int) -> RunState | None:
+    """The checkpoint of an interrupted run, loaded into ``model``; None (and a warning) when there is
+    none or it cannot be used, so the run starts from its beginning."""
+    try:
+        state = load_checkpoint(folder.checkpoint)
+        if state is not None:
+            if state.phase_index > phases:
+                raise DamagedFileError(folder.checkpoint, f"phase {state.phase_index} of a strategy with {phases}")
+            model.load_state_dict(state.model)
+    except DamagedFileError as exc:
+        warn(f"{exc}; starting this run from its beginning")
+        return None
+    except RuntimeError as exc:  # weights of another model (missing keys, other shapes)
+        warn(f"{folder.checkpoint} holds weights of another model ({str(exc).splitlines()[0]}); "
+             "starting this run from its beginning")
+        return None
+    return state
 
 
 def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
@@ -259,32 +268,31 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     data_parallel = config.runtime.parallel == "data" and distributed.joined()
     writes = not data_parallel or distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = run_dir / "result.json"
-    if resume and done.is_file():
+    folder = RunFolder(run_dir)
+    if resume and folder.result.is_file():
         try:
-            return RunResult(**read_json(done))
-        except (DamagedFileError, TypeError) as exc:
+            done = RunResult.read(folder.result)
+            if done.strategy == strategy_name and done.seed == seed and _predictions_intact(folder, prep):
+                return done
+            warn(f"{folder.result} is of another run or its probabilities are missing; training this run again")
+        except DamagedFileError as exc:
             warn(f"{exc}; training this run again")
 
     spec = backbone_spec(config.model.backbone, config.model.image_size)
-    strategy = build_strategy(strategy_name, spec.groups, config.strategy_options())
+    strategy = build_strategy(strategy_name, spec.groups, config)
     classes = prep.dataset.classes
     model, backbone, head = _build_model(config, strategy, seed, len(classes))
     prep.precision.to_model(model)
-    state = None
-    if resume:
-        try:
-            state = load_checkpoint(run_dir / "checkpoint.pt")
-        except DamagedFileError as exc:
-            warn(f"{exc}; starting this run from its beginning")
-    if state is not None:
-        model.load_state_dict(state.model)
-    ckpt = _Checkpointer(run_dir / "checkpoint.pt", model, state or RunState(model={}), writes)
+    state = _resumed_state(model, folder, len(strategy.phases)) if resume else None
+    if state is None:  # a fresh start: the weights as built (a refused checkpoint may have loaded in part)
+        model, backbone, head = _build_model(config, strategy, seed, len(classes))
+        prep.precision.to_model(model)
+    ckpt = _Checkpointer(folder.checkpoint, model, state or RunState(model={}), writes)
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     inputs = PhaseInputs(model, prep, config, store, quiet, data_parallel)
-    budget = budget if budget is not None else config.schedule.time_budget
+    budget = budget if budget is not None else config.budget.time_budget
     if budget is not None:
-        ckpt.state.details["budget_s"] = round(budget, 1)
+        ckpt.state.details.budget_s = round(budget, 1)
     ctx = PhaseContext(prep.precision, seed=seed, checkpoint_seconds=config.runtime.checkpoint_seconds, quiet=quiet,
                        deadline=None if budget is None else ckpt.t_start + budget, data_parallel=data_parallel)
     _run_phases(model, strategy, inputs, ckpt, ctx)
@@ -300,7 +308,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     seconds = time.perf_counter() - ckpt.t_start
 
     if writes:
-        _save_model(run_dir, model, {**model_config(backbone, len(classes), head, classes),
+        _save_model(folder, model, {**model_config(backbone, len(classes), head, classes),
                                      "strategy": strategy_name, "seed": seed})
         save_predictions(run_dir, logits.softmax(1).numpy(), val_logits.softmax(1).numpy())
     history = ckpt.state.history
@@ -309,8 +317,8 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
                        [{k: v for k, v in h.items() if k != "phase_index"} for h in history], ckpt.state.details,
                        classification_scores(logits.softmax(1).numpy(), y.numpy(), classes))
     if writes:
-        write_json(done, dataclasses.asdict(result))
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        write_json(folder.result, result.to_dict())
+        folder.checkpoint.unlink(missing_ok=True)
     if data_parallel:
         distributed.barrier()  # the files exist before any process moves on
     return result

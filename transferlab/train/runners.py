@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..models.heads import TransferModel
 from .batches import Batches, TensorBatches
+from .config import BatchNormPolicy
 from .engine import PhaseContext, evaluate, fit_phase
 from .probe import fit_probe
+from .records import RunDetails
 from .strategies import Gradient, Phase, Probe
 
 
@@ -25,8 +27,10 @@ class PhaseRun:
     train: Batches  # at the level where the phase's first trainable part starts
     val: Batches
     ctx: PhaseContext
-    details: dict[str, Any]
+    details: RunDetails
     improved: bool | None = None  # set by the runner: whether the phase beat its starting weights
+    # Saves the run as it stands with this phase to start afresh (the BatchNorm fallback's decision).
+    restart: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,39 @@ def runner_for(phase: Phase) -> Runner:
                         f"known: {', '.join(t.__name__ for t in RUNNERS)}") from None
 
 
-@register_runner(Gradient, augmented=True)
-def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
-    """The engine's loop with early stopping and checkpoints."""
-    result = fit_phase(r.model, r.phase, r.train, r.val, r.ctx)
+def _fit(r: PhaseRun, bn: BatchNormPolicy) -> list[dict[str, Any]]:
+    """The engine's loop over ``r.phase`` with the definite BatchNorm policy ``bn``."""
+    phase = replace(r.phase, method=replace(r.phase.method, bn=bn))
+    result = fit_phase(r.model, phase, r.train, r.val, r.ctx)
     if result.budget_cut:
-        r.details["budget_cut"] = r.phase.name
+        r.details.budget_cut = r.phase.name
     if result.best_is_average:
-        r.details[f"{r.phase.name}_kept"] = "weight average"
+        r.details.kept_average.append(r.phase.name)
     r.improved = result.best_epoch > 0
     return result.history
+
+
+@register_runner(Gradient, augmented=True)
+def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
+    """The engine's loop with early stopping and checkpoints.
+
+    The BatchNorm policy ``auto`` is decided here, once per run: the first such phase trains with
+    batch statistics; if it never beats its starting weights (which it then restores) and no time
+    budget stopped it, it runs again with frozen statistics. The run's details record the policy that
+    worked, which every later ``auto`` phase uses, and a resumed run continues the same way."""
+    bn = r.phase.method.bn
+    if bn is not BatchNormPolicy.AUTO:
+        return _fit(r, bn)
+    if r.details.body_bn is not None:
+        return _fit(r, r.details.body_bn)
+    rows = _fit(r, BatchNormPolicy.TRAIN)
+    if r.improved or r.details.budget_cut:
+        r.details.body_bn = BatchNormPolicy.TRAIN
+        return rows
+    r.details.body_bn, r.details.body_bn_train_epochs = BatchNormPolicy.FROZEN, len(rows)
+    r.restart()  # decided before the second attempt starts, so that a resume continues it
+    r.ctx = replace(r.ctx, resume=None)
+    return _fit(r, BatchNormPolicy.FROZEN)
 
 
 @register_runner(Probe, augmented=False)
@@ -84,7 +111,7 @@ def run_probe(r: PhaseRun) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     fit = fit_probe(r.train.first_view(), r.train.labels, r.phase.method.model, r.ctx.seed, r.phase.method.balanced)
     r.model.set_output(fit.weight, fit.bias)
-    r.details[f"{r.phase.name}_C"] = fit.C
+    r.details.probe_C = fit.C
     val_loss, val_acc = evaluate(r.model, r.val, r.ctx.precision)
     return [{"phase": r.phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
              "val_acc": val_acc, "seconds": time.perf_counter() - t0}]

@@ -8,6 +8,8 @@ Learning rates follow the methods they come from:
   discriminative rates divide the rate by 2.6 per group further from the output.
 - fine-tuning: train the new head on frozen features first (so random head gradients do not wreck
   the pretrained weights), then everything at a 10x lower rate.
+Every rate, epoch count and patience is an option of ``train.config`` (``--head-lr``, ``--step-epochs``
+...), read here under its own name.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from ..core.errors import TransferlabError
 from ..core.registry import Registry
 from ..models.heads import HEAD
+from .config import BatchNormPolicy, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,12 @@ class Gradient:
         max_epochs: cap on epochs.
         patience: stop after this many epochs without a lower validation loss.
         frozen_bn_eval: keep BatchNorm of frozen parts in eval mode (statistics untouched).
-        bn_eval: keep *every* BatchNorm in eval mode, trainable parts included (True), or let
-            the BatchNorm of trainable parts normalise by batch statistics and update its running
-            ones (False); None lets the run decide (``train.run``): batch statistics for the first
-            phase that trains the body, again with frozen ones if that phase never improves on its
-            starting weights, and the mode that worked for every later phase. Frozen statistics
+        bn: the BatchNorm policy of the trainable parts: FROZEN keeps *every* BatchNorm in eval mode,
+            TRAIN lets those of trainable parts normalise by batch statistics and update their
+            running ones; AUTO lets the runner decide (``train.runners.run_gradient``): batch
+            statistics for the first phase that trains the body, again with frozen ones if that
+            phase never improves on its starting weights, and the mode that worked for every later
+            phase. The engine only ever sees FROZEN or TRAIN. Frozen statistics
             suit data whose statistics are far from ImageNet's (batch statistics of upscaled 8x8
             digits wreck the features the head was warmed up on); on photos batch statistics
             fine-tune better (see the README's measurements). Scratch training needs batch
@@ -60,7 +64,7 @@ class Gradient:
     max_epochs: int = 30
     patience: int = 5
     frozen_bn_eval: bool = True
-    bn_eval: bool | None = True
+    bn: BatchNormPolicy = BatchNormPolicy.FROZEN
     balanced: bool = False  # the loss weights each class by n / (k * n_c) of the training split
     schedule: str = "constant"
     label_smoothing: float = 0.0
@@ -111,138 +115,104 @@ class Strategy:
     linear_head: bool = False  # a single linear layer instead of the dense head (the probe)
 
 
-@dataclass(frozen=True)
-class StrategyOptions:
-    """Knobs shared by the builders (the defaults give good results without tuning)."""
-
-    head_lr: float = 1e-3
-    body_lr: float = 1e-4
-    head_epochs: int = 60
-    head_patience: int = 8
-    body_epochs: int = 30
-    body_patience: int = 5
-    step_epochs: int = 5  # per chain-thaw / gradual step
-    step_patience: int = 2
-    scratch_epochs: int = 60
-    scratch_patience: int = 8
-    discriminative: bool = False  # gradual: lr / 2.6 per group from the top
-    probe_model: str = "logreg"  # or "svm"
-    body_bn: str = "auto"  # BatchNorm of a thawed pretrained body: frozen, train or auto (Gradient.bn_eval)
-    warmup_epochs: int | None = None  # the head warm-up before a body thaws (None: the strategy's own)
-    balanced: bool = False  # every phase weights its loss by class (imbalanced data)
-    body_schedule: str = "constant"  # the learning-rate schedule of phases that train the body
-    label_smoothing: float = 0.0  # of phases that train the body
-    layer_decay: float = 1.0  # per group below the last, body rates are multiplied by this (1: one rate)
-    mixup: float = 0.0  # MixUp's alpha in phases that train the body (0: off)
-    cutmix: float = 0.0  # CutMix's alpha in phases that train the body (0: off)
-    ema: float = 0.0  # decay of the weight average in phases that train the body (0: off)
-
-    def body_gradient(self, groups: list[str], max_epochs: int, patience: int, bn_eval: bool | None,
-                      decay: float | None = None) -> Gradient:
-        """How a phase that trains (part of) the body learns: ``body_lr`` for the head and the last group,
-        ``decay`` (default ``layer_decay``) times less per group further down (discriminative rates:
-        Howard & Ruder 2018; layer-wise rate decay: Clark et al. 2020), the body schedule and smoothing."""
-        decay = self.layer_decay if decay is None else decay
-        rates = {g: self.body_lr * decay ** (len(groups) - 1 - i) for i, g in enumerate(groups)} \
-            if decay != 1 else {}
-        return Gradient(lr=self.body_lr, group_lr=rates, max_epochs=max_epochs, patience=patience,
-                        bn_eval=self.body_bn_eval(bn_eval), **self.body_recipe())
-
-    def body_recipe(self) -> dict[str, Any]:
-        """The ``Gradient`` fields of every phase that trains a body (scratch's too): the schedule,
-        label smoothing, mixing and the weight average."""
-        return {"schedule": self.body_schedule, "label_smoothing": self.label_smoothing, "mixup": self.mixup,
-                "cutmix": self.cutmix, "ema": self.ema}
-
-    def body_bn_eval(self, auto: bool | None) -> bool | None:
-        """``Gradient.bn_eval`` of phases that train the body; ``auto``: the strategy's own policy."""
-        return {"frozen": True, "train": False}.get(self.body_bn, auto)
-
-    def scaled(self, max_epochs: int | None = None, patience: int | None = None) -> StrategyOptions:
-        """Cap every epoch budget at ``max_epochs`` and every patience at ``patience``."""
-        out = self
-        if max_epochs is not None:
-            out = replace(out, **{k: min(getattr(out, k), max_epochs)
-                                  for k in ("head_epochs", "body_epochs", "step_epochs", "scratch_epochs")},
-                          warmup_epochs=None if out.warmup_epochs is None else min(out.warmup_epochs, max_epochs))
-        if patience is not None:
-            out = replace(out, **{k: min(getattr(out, k), patience)
-                                  for k in ("head_patience", "body_patience", "step_patience", "scratch_patience")})
-        return out
+def body_gradient(config: TrainConfig, groups: list[str], lr: float, epochs: int, patience: int,
+                  bn: BatchNormPolicy, decay: float | None = None) -> Gradient:
+    """How a phase that trains (part of) the body learns: ``lr`` for the head and the last group,
+    ``decay`` (default ``--layer-decay``) times less per group further down (discriminative rates:
+    Howard & Ruder 2018; layer-wise rate decay: Clark et al. 2020), with the body's recipe; ``bn`` is
+    the strategy's own BatchNorm policy, which ``--body-bn`` overrides unless it is auto."""
+    decay = config.body.layer_decay if decay is None else decay
+    rates = {g: lr * decay ** (len(groups) - 1 - i) for i, g in enumerate(groups)} if decay != 1 else {}
+    chosen = config.body.body_bn if config.body.body_bn is not BatchNormPolicy.AUTO else bn
+    return Gradient(lr=lr, group_lr=rates, max_epochs=config.epochs(epochs), patience=config.patience(patience),
+                    bn=chosen, **body_recipe(config))
 
 
-Builder = Callable[[list[str], StrategyOptions], Strategy]
+def body_recipe(config: TrainConfig) -> dict[str, Any]:
+    """The ``Gradient`` fields of every phase that trains a body (scratch's too): the schedule, label
+    smoothing, mixing and the weight average."""
+    b, a = config.body, config.augment
+    return {"schedule": b.body_schedule, "label_smoothing": b.label_smoothing, "mixup": a.mixup,
+            "cutmix": a.cutmix, "ema": b.ema}
+
+
+Builder = Callable[[list[str], TrainConfig], Strategy]
 STRATEGIES: Registry[Builder] = Registry("strategy", TransferlabError)
 
 
-def _head_phase(o: StrategyOptions, warmup: int | None = None) -> Phase:
-    """The new head on frozen features: the whole of ``features`` (``warmup`` None), or the warm-up of
-    ``warmup`` epochs before a body thaws (the user's ``warmup_epochs`` when given)."""
-    epochs = o.head_epochs if warmup is None else (o.warmup_epochs or warmup)
-    return Phase("head", (HEAD,), Gradient(lr=o.head_lr, max_epochs=epochs, patience=o.head_patience))
+def _head_phase(config: TrainConfig, epochs: int) -> Phase:
+    """The new head on frozen features for ``epochs`` (early-stopped)."""
+    h = config.head
+    return Phase("head", (HEAD,), Gradient(lr=h.head_lr, max_epochs=config.epochs(epochs),
+                                           patience=config.patience(h.head_patience)))
 
 
 @STRATEGIES.register("scratch")
-def scratch(groups: list[str], o: StrategyOptions) -> Strategy:
+def scratch(groups: list[str], config: TrainConfig) -> Strategy:
     """Random initialisation, everything trainable (the baseline transfer must beat)."""
-    phase = Phase("all", (*groups, HEAD), Gradient(lr=o.head_lr, max_epochs=o.scratch_epochs,
-                                                   patience=o.scratch_patience, bn_eval=False, **o.body_recipe()))
+    s = config.scratch
+    phase = Phase("all", (*groups, HEAD), Gradient(lr=s.scratch_lr, max_epochs=config.epochs(s.scratch_epochs),
+                                                   patience=config.patience(s.scratch_patience),
+                                                   bn=BatchNormPolicy.TRAIN, **body_recipe(config)))
     return Strategy("scratch", pretrained=False, phases=[phase])
 
 
 @STRATEGIES.register("features")
-def features(groups: list[str], o: StrategyOptions) -> Strategy:
+def features(groups: list[str], config: TrainConfig) -> Strategy:
     """Frozen pretrained backbone as a feature extractor; train the dense head only."""
-    return Strategy("features", pretrained=True, phases=[_head_phase(o)])
+    return Strategy("features", pretrained=True, phases=[_head_phase(config, config.head.head_epochs)])
 
 
 @STRATEGIES.register("probe")
-def probe(groups: list[str], o: StrategyOptions) -> Strategy:
+def probe(groups: list[str], config: TrainConfig) -> Strategy:
     """Off-the-shelf features + a scikit-learn linear model, regularisation chosen by CV."""
-    phase = Phase("probe", (HEAD,), Probe(model=o.probe_model))
+    phase = Phase("probe", (HEAD,), Probe(model=config.head.probe_model))
     return Strategy("probe", pretrained=True, phases=[phase], linear_head=True)
 
 
-# finetune warms its head up for one epoch only (as fastai's fine_tune does): a head trained to the end
-# on frozen features is over-confident and gives the body tiny gradients, and the whole-model phase
-# then stops early without improving (measured on flower_photos, README). It lets the run choose the
-# BatchNorm policy (Gradient.bn_eval None). Chain-thaw and gradual keep the original methods' full
+# finetune warms its head up for one epoch only (--warmup-epochs, as fastai's fine_tune does): a head
+# trained to the end on frozen features is over-confident and gives the body tiny gradients, and the
+# whole-model phase then stops early without improving (measured on flower_photos, README). Its
+# BatchNorm policy is auto (the runner decides). Chain-thaw and gradual keep the original methods' full
 # head phase and frozen statistics, as each thaws one group at a time from an already-good model.
-FINETUNE_WARMUP = 1
 
 
 @STRATEGIES.register("finetune")
-def finetune(groups: list[str], o: StrategyOptions) -> Strategy:
+def finetune(groups: list[str], config: TrainConfig) -> Strategy:
     """Head warm-up on frozen features, then the whole model at a lower rate."""
-    whole = Phase("all", (*groups, HEAD), o.body_gradient(groups, o.body_epochs, o.body_patience, None))
-    return Strategy("finetune", pretrained=True, phases=[_head_phase(o, FINETUNE_WARMUP), whole])
+    b = config.body
+    whole = Phase("all", (*groups, HEAD), body_gradient(config, groups, b.body_lr, b.body_epochs, b.body_patience,
+                                                        BatchNormPolicy.AUTO))
+    return Strategy("finetune", pretrained=True, phases=[_head_phase(config, config.head.warmup_epochs), whole])
 
 
 @STRATEGIES.register("chain-thaw")
-def chain_thaw(groups: list[str], o: StrategyOptions) -> Strategy:
+def chain_thaw(groups: list[str], config: TrainConfig) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
-    step = o.body_gradient(groups, o.step_epochs, o.step_patience, True)
+    b = config.body
+    step = body_gradient(config, groups, b.step_lr, b.step_epochs, b.step_patience, BatchNormPolicy.FROZEN)
     steps = [Phase(f"thaw {g}", (g,), step) for g in groups]
     whole = Phase("all", (*groups, HEAD), step)
-    return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(o, o.head_epochs), *steps, whole])
+    return Strategy("chain-thaw", pretrained=True, phases=[_head_phase(config, config.head.head_epochs), *steps, whole])
 
 
 @STRATEGIES.register("gradual")
-def gradual(groups: list[str], o: StrategyOptions) -> Strategy:
+def gradual(groups: list[str], config: TrainConfig) -> Strategy:
     """Head first, then thaw one more group per stage from the last one down (ULMFiT)."""
-    step = o.body_gradient(groups, o.step_epochs, o.step_patience, True,
-                           decay=1 / 2.6 if o.discriminative and o.layer_decay == 1 else None)
-    phases = [_head_phase(o, o.head_epochs)]
+    b = config.body
+    step = body_gradient(config, groups, b.step_lr, b.step_epochs, b.step_patience, BatchNormPolicy.FROZEN,
+                         decay=1 / 2.6 if b.discriminative and b.layer_decay == 1 else None)
+    phases = [_head_phase(config, config.head.head_epochs)]
     phases += [Phase(f"thaw last {k}", (*groups[-k:], HEAD), step) for k in range(1, len(groups) + 1)]
     return Strategy("gradual", pretrained=True, phases=phases)
 
 
-def build_strategy(name: str, groups: list[str] | tuple[str, ...],
-                   options: StrategyOptions | None = None) -> Strategy:
-    """The strategy ``name`` for a backbone whose groups are ``groups`` (input to output)."""
-    options = options or StrategyOptions()
-    strategy = STRATEGIES.get(name)(list(groups), options)
-    if options.balanced:
+def build_strategy(name: str, groups: list[str] | tuple[str, ...], config: TrainConfig | None = None) -> Strategy:
+    """The strategy ``name`` for a backbone whose groups are ``groups`` (input to output), with the
+    rates, epochs and recipes of ``config`` (default: the defaults)."""
+    config = config or TrainConfig()
+    strategy = STRATEGIES.get(name)(list(groups), config)
+    if config.imbalance.class_weights == "auto":
         strategy = replace(strategy, phases=[replace(p, method=replace(p.method, balanced=True))
                                              for p in strategy.phases])
     return strategy
