@@ -285,13 +285,13 @@ def test_top_k_is_checked_at_the_parser(argv, capsys):
 def test_an_unreadable_image_is_skipped_like_a_corrupt_one(tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "data", n_per_class=4, n_classes=2)
     locked = data / "class_1" / "img_002.png"
-    read = Path.read_bytes
+    real_open = Path.open
 
-    def read_bytes(self):
+    def open_(self, *args, **kwargs):
         if self == locked:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-        return read(self)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        return real_open(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "open", open_)
     with pytest.warns(UserWarning, match="img_002.png: cannot read"):
         ds = load_folder(data)
     assert len(ds) == 7

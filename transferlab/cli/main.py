@@ -4,18 +4,20 @@ settings a command-line run wants, and turns user errors into one-line messages.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
 import threading
+import warnings
 
 import torch.distributed as dist
 from PIL import Image
 from rich.markup import escape
 
-from ..core.errors import TransferlabError, explain_os_error
+from ..core.errors import TransferlabError, TransferlabWarning, explain_os_error
 from ..core.paths import cache_home
-from ..core.progress import console
+from ..core.progress import console, show_warning
 from ..data.images import allow_large_images
 from ..runtime import distributed
 from ..runtime.allocator import tune_allocator
@@ -38,6 +40,10 @@ def _as_user_error(exc: BaseException) -> TransferlabError | None:
     """The one-line error for what a user's files, disk or environment caused; None for a bug."""
     if isinstance(exc, TransferlabError):
         return exc
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EPIPE):
+        return TransferlabError(f"writing the output failed ({exc.strerror or exc}): the terminal's or the "
+                                "redirected output's device is full or closed; free some space or write the "
+                                "output elsewhere")
     if isinstance(exc, OSError):
         where = str(exc.filename or "")
         hint = "set TRANSFERLAB_HOME to another folder for the caches" if where.startswith(str(cache_home())) \
@@ -81,6 +87,18 @@ def _stopped(exc: BaseException) -> tuple[str, int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command (``_main``), with the library's warnings shown on stderr as they come."""
+    for stream in (sys.stdout, sys.stderr):
+        # PYTHONIOENCODING=ascii and class names in other scripts: escaped, not a UnicodeEncodeError.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TransferlabWarning)
+        warnings.showwarning = show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     """Run one command; 0 on success, 2 on a user error (message, no traceback), 130 on Ctrl-C, 143 on
     SIGTERM, 1 when another process of a torchrun job failed (message, no traceback).
 

@@ -7,6 +7,12 @@ class TransferlabError(Exception):
     """Base class: a problem with the user's input or environment, explained in the message."""
 
 
+class TransferlabWarning(UserWarning):
+    """Something the user should know that does not stop the work (a skipped image, an imbalanced
+    data set, a damaged checkpoint trained again). The library issues these through ``warnings``, so
+    a notebook or a program filters them as it likes; the command line prints them in colour."""
+
+
 class DataError(TransferlabError):
     """A dataset cannot be used as given (missing path, empty class, corrupt image in strict mode)."""
 

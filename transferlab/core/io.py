@@ -36,12 +36,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        problem = _write_failure(path, exc)
+        if problem is not None:
+            raise problem from None
         raise
+
+
+def _write_failure(path: Path, exc: BaseException) -> BaseException | None:
+    """A failed write of ``path`` as an error that names it and what to do: the folder removed while
+    the run went on, or a write error (a full disk) that numpy or torch reports without the file's
+    name (torch: ``RuntimeError: [enforce fail at inline_container.cc ...] file write failed``)."""
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    if not path.parent.is_dir():
+        return TransferlabError(f"{path.parent} was removed while this command was writing to it; nothing more "
+                                "can be saved there: start again, or choose another --out")
+    if isinstance(exc, OSError):
+        if exc.filename is None:
+            exc.filename = str(path)
+        return None
+    if "inline_container" in str(exc) or "write" in str(exc).lower():
+        free = shutil.disk_usage(path.parent).free
+        code = errno.ENOSPC if free < (64 << 20) else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from .errors import TransferlabWarning
+
+_python_showwarning = warnings.showwarning
 
 # emoji=False: a file or class name like "a:fire:b" is printed as it is.
 console = Console(stderr=True, emoji=False)
@@ -51,7 +56,18 @@ def progress_bar(description: str, total: int | None, quiet: bool = False,
         yield _Bar(progress, task)
 
 
-def warn(message: str) -> None:
-    """A warning on stderr, shown even when quiet; ``message`` is plain text (file and class names with
-    brackets are printed as they are, not read as markup)."""
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+def warn(message: str, category: type[Warning] = TransferlabWarning) -> None:
+    """Issue ``message`` as a ``TransferlabWarning`` (``warnings.warn``): the library prints nothing
+    itself; the command line shows it on stderr (``show_warning``), even when quiet."""
+    warnings.warn(message, category, stacklevel=3)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+    """A ``warnings.showwarning`` for the command line: transferlab's warnings as one plain line
+    (file and class names with brackets printed as they are, not read as markup), others as Python
+    shows them."""
+    if issubclass(category, TransferlabWarning):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)

@@ -10,6 +10,7 @@ files are found up front (the scan is remembered per listing, so later runs skip
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.errors import DamagedFileError, DataError
+from ..core.errors import DamagedFileError, DataError, TransferlabWarning
 from ..core.io import read_json, write_json
 from ..core.paths import cache_home
 from .images import IMAGE_EXTENSIONS, check_image, open_rgb
@@ -28,7 +29,7 @@ DATA_HELP = ("DATA must be 'digits', 'flowers17[:1|2|3]', a folder of class fold
              "a folder with train/ val/ test/ class folders, or a CSV with path,label[,split] columns")
 
 
-class DataWarning(UserWarning):
+class DataWarning(TransferlabWarning):
     """An image was skipped (unreadable or corrupt)."""
 
 
@@ -84,12 +85,27 @@ class ImageDataset:
 # Folders
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as text that can always be printed and written (bytes that are not UTF-8 escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_name(path: Path) -> None:
+    """File and folder names must be valid UTF-8: they become class names, JSON and YAML."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{shown_path(path)}: the name is not valid UTF-8 (written in another encoding); "
+                        "rename it") from None
+
+
 def _image_files(folder: Path) -> tuple[list[Path], int]:
     """Image files under ``folder`` (recursive, sorted) and the number of other files ignored."""
     images, others = [], 0
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
+        _check_name(path)
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)
         else:
@@ -98,7 +114,10 @@ def _image_files(folder: Path) -> tuple[list[Path], int]:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for d in dirs:
+        _check_name(d)
+    return dirs
 
 
 def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
@@ -110,10 +129,10 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
     # The listing holds each file's absolute path, size, mtime and ctime: the kernel sets ctime on
     # every change of a file (it cannot be set back, unlike mtime), so a file rewritten with other
     # pixels but the same name, size and mtime, or another folder with the same names, is scanned anew.
-    listing = hashlib.sha256(str(root.resolve()).encode())
+    listing = hashlib.sha256(os.fsencode(root.resolve()))
     for f in files:
         st = f.stat()
-        listing.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        listing.update(os.fsencode(f) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     memo = cache_home() / "scans" / f"{listing.hexdigest()[:32]}.json"
     if memo.is_file():
         try:
@@ -125,19 +144,28 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
     bad: dict[str, str] = {}
     for f in files:
         try:
-            data = f.read_bytes()
+            content.update(_file_digest(f))
         except OSError as exc:  # unreadable (permissions, I/O error): skipped like a corrupt image
             bad[str(f)] = f"cannot read: {exc.strerror or exc}"
-            content.update(f"unreadable {f}".encode())
+            content.update(b"unreadable " + os.fsencode(f))
             continue
-        content.update(hashlib.sha256(data).digest())
-        reason = check_image(data)
+        # The header first: a file of zeros is refused after a few bytes, a huge image before its pixels.
+        reason = check_image(f)
         if reason:
             bad[str(f)] = reason
     fingerprint = content.hexdigest()[:16]
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_json(memo, {"fingerprint": fingerprint, "bad": bad})
     return fingerprint, bad
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> bytes:
+    """SHA-256 of a file, read in chunks (a 2 GB file is never held in memory)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.digest()
 
 
 def label_hash(fingerprint: str, labels: np.ndarray, extra: str = "") -> str:
@@ -155,7 +183,7 @@ def files_dataset(name: str, root: Path, entries: list[tuple[Path, str, str | No
         listing = "\n".join(f"  {f}: {r}" for f, r in bad.items())
         raise DataError(f"{len(bad)} unreadable image(s) in {root} (--strict):\n{listing}")
     for f, reason in bad.items():
-        warnings.warn(f"skipped {f}: {reason}", DataWarning, stacklevel=3)
+        warnings.warn(f"skipped {shown_path(f)}: {reason}", DataWarning, stacklevel=3)
     kept = [e for e in entries if str(e[0]) not in bad]
     present = {c for _, c, _ in kept}
     for c in classes:
@@ -199,7 +227,13 @@ def load_folder(root: str | Path, strict: bool = False) -> ImageDataset:
         raise DataError(f"{root} does not exist. {DATA_HELP}")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder. {DATA_HELP}")
-    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    dirs = _class_dirs(root)
+    subdirs = {p.name.lower(): p for p in dirs}
+    twins = sorted({p.name.lower() for p in dirs if sum(q.name.lower() == p.name.lower() for q in dirs) > 1})
+    if twins:
+        names = ", ".join(p.name for p in dirs if p.name.lower() in twins)
+        raise DataError(f"{root} has folders whose names differ only by case ({names}); one would be ignored: "
+                        "merge them into one")
     split_dirs = {s: subdirs[s] for s in SPLIT_NAMES if s in subdirs}
     if split_dirs and set(subdirs) - set(split_dirs):
         extra = sorted(set(subdirs) - set(split_dirs))

@@ -48,10 +48,24 @@ def open_rgb(source: str | Path | io.BytesIO, draft_size: int | None = None) -> 
         return to_rgb(img)
 
 
-def check_image(data: bytes) -> str | None:
-    """Why ``data`` is not a usable image, or None if it decodes."""
+# Formats other than JPEG decode at full size: above this many pixels the image cache alone would
+# need gigabytes for one image (a 20000 x 20000 PNG takes 1.2 GB as RGB), so such files are skipped.
+MAX_FULL_DECODE_PIXELS = 120_000_000
+
+
+def check_image(source: str | Path | bytes) -> str | None:
+    """Why the image file (or its bytes) is not usable, or None if it decodes. The header is read
+    first: a file that is not an image is refused after a few bytes, and a huge one before its pixels."""
+    source = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        img = open_rgb(io.BytesIO(data), draft_size=32)
+        with Image.open(source) as head:
+            w, h, fmt = head.width, head.height, head.format
+        if fmt != "JPEG" and w * h > MAX_FULL_DECODE_PIXELS:
+            return (f"too large to decode here ({w} x {h} = {w * h / 1e6:.0f} MP; formats other than JPEG are "
+                    f"decoded whole, and the limit is {MAX_FULL_DECODE_PIXELS / 1e6:.0f} MP): downscale it")
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        img = open_rgb(source, draft_size=32)
     except Image.DecompressionBombError as exc:
         return (f"too large to decode safely ({exc}); if the file is trusted, call "
                 "transferlab.allow_large_images() first (the command line does)")

@@ -15,31 +15,57 @@ def _csv_entry(path: Path, line: int, row: dict[str, str]) -> tuple[Path, str, s
     split = (row.get("split") or "").strip().lower() or None
     if not file or not label:
         raise DataError(f"{path}, line {line}: empty path or label")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label + file):
+        raise DataError(f"{path}, line {line}: the path or label holds a control character (such as NUL); "
+                        "fix the row")
     if split is not None and split not in SPLIT_NAMES:
         raise DataError(f"{path}, line {line}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
     image = (path.parent / file).resolve()
+    if image.is_dir():
+        raise DataError(f"{path}, line {line}: {image} is a folder, not an image file; list one row per image")
     if not image.is_file():
         raise DataError(f"{path}, line {line}: {image} does not exist (paths are relative to the CSV's folder)")
     return image, label, split
+
+
+def _read_rows(path: Path, limit: int = 64 << 20) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line where the row starts, row)`` of every non-blank row: the line numbers
+    stay right after blank lines and quoted fields that run over several lines."""
+    if path.stat().st_size > limit:
+        raise DataError(f"{path} is {path.stat().st_size >> 20} MB: too large for a CSV of labels")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header: list[str] | None = None
+        rows, end = [], 0
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record or not any(v.strip() for v in record):
+                continue
+            if header is None:
+                header = [h.strip() for h in record]
+                continue
+            rows.append((start, dict(zip(header, record))))
+    return header or [], rows
 
 
 def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
     """Images listed in a CSV with ``path`` and ``label`` columns (paths relative to the CSV's folder)
     and an optional ``split`` column (train, val or test; empty: to be split)."""
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file (a folder, a device or a pipe); pass a CSV file. {DATA_HELP}")
     if not path.is_file():
         raise DataError(f"{path} does not exist. {DATA_HELP}")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        header, rows = _read_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable CSV file ({exc})") from None
-    columns = set(rows[0]) if rows else set()
-    if not {"path", "label"} <= columns:
-        raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
-                        f"found {', '.join(sorted(c for c in columns if c)) or 'no rows'}")
+    if not {"path", "label"} <= set(header) or not rows:
+        raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split') and "
+                        f"a row per image; found {', '.join(c for c in header if c) or 'no header'} and "
+                        f"{len(rows)} row(s)")
     root = path.parent
-    entries = [_csv_entry(path, line, row) for line, row in enumerate(rows, start=2)]
+    entries = [_csv_entry(path, line, row) for line, row in rows]
     classes = sorted({e[1] for e in entries})
     check_classes(classes, path)
     given = {s for _, _, s in entries}

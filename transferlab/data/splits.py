@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..core.errors import DataError
@@ -48,7 +50,9 @@ def make_splits(ds: ImageDataset, seed: int = 0,
     carved from it with ``fractions``.
     """
     if not ds.splits:
-        return stratified_split(ds.labels, np.arange(len(ds)), fractions, seed)
+        out = stratified_split(ds.labels, np.arange(len(ds)), fractions, seed)
+        check_every_class(ds, out)
+        return out
     out = {k: v.copy() for k, v in ds.splits.items()}
     missing = [s for s in ("val", "test") if s not in out]
     if missing:
@@ -58,7 +62,26 @@ def make_splits(ds: ImageDataset, seed: int = 0,
         if len(missing) == 1:
             val, test = (0.2, 0.0) if "val" in missing else (0.0, 0.2)
         out.update(stratified_split(ds.labels, out["train"], (1.0 - val - test, val, test), seed))
+    check_every_class(ds, out)
     return out
+
+
+def check_every_class(ds: ImageDataset, splits: dict[str, np.ndarray]) -> None:
+    """Every class must have an image in train, val and test: a class absent from train can never be
+    predicted, one absent from val or test cannot be scored. A ``DataError`` names the classes."""
+    for name in SPLIT_NAMES:
+        have = np.bincount(ds.labels[splits.get(name, np.zeros(0, np.int64))], minlength=len(ds.classes))
+        short = [c for c, n in zip(ds.classes, have) if n == 0]
+        if not short:
+            continue
+        skipped = sum(1 for f, _ in ds.skipped if Path(f).parent.name in short)
+        note = f" ({skipped} of their files were skipped as unreadable)" if skipped else ""
+        counts = ds.counts()
+        raise DataError(f"class(es) {', '.join(repr(c) for c in short[:10])}{' ...' if len(short) > 10 else ''} "
+                        f"have no image in the {name} split{note}; images per class: "
+                        f"{', '.join(f'{c} {counts[c]}' for c in short[:10])}. Every class needs one image in each "
+                        "of train, val and test: at least 3 readable images when transferlab splits it (more "
+                        "in train/ when val or test are carved from it); add images or remove the class")
 
 
 def per_class_subset(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -112,7 +112,7 @@ def _table(rows: list[dict[str, Any]], with_probe: bool) -> list[list[str]]:
 
 
 def benchmark_backbones(data: DataConfig | None, config: TrainConfig, out: str | Path,
-                        study: BenchmarkConfig = BenchmarkConfig(), quiet: bool = False) -> dict[str, Any]:
+                        study: BenchmarkConfig = BenchmarkConfig(), quiet: bool = True) -> dict[str, Any]:
     """Latency (batch 1) and throughput (batch ``config.budget.batch_size``) of each backbone on this
     machine, joined with ImageNet top-1 / params / GMACs; with ``data``, the probe's test accuracy for
     every backbone whose weights are available offline."""

@@ -81,7 +81,7 @@ def _results_bytes(plan: CompareConfig, params_m: float | None) -> int:
 
 
 def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: CompareConfig | None = None, *,
-            resume: bool = False, quiet: bool = False, command: str = "", mlflow: str | None = None) -> dict[str, Any]:
+            resume: bool = False, quiet: bool = True, command: str = "", mlflow: str | None = None) -> dict[str, Any]:
     """Train every strategy of ``plan`` for every seed on the same splits; write the results directory.
 
     Args:

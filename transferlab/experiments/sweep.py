@@ -70,7 +70,7 @@ def _plot(rows: list[dict[str, Any]], strategies: tuple[str, ...], path: Path) -
 
 
 def sweep(data: DataConfig, config: TrainConfig, out: str | Path, study: SweepConfig = SweepConfig(),
-          quiet: bool = False) -> dict[str, Any]:
+          quiet: bool = True) -> dict[str, Any]:
     """Test accuracy against examples per class: nested random subsets of the training split (the
     same ``subsets`` seeds for every size), a fixed validation and test split."""
     with main_holds(Path(out), data.source, "a sweep"):

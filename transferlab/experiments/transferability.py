@@ -138,7 +138,7 @@ def _plot(rows: list[dict[str, Any]], cuts: tuple[int, ...], base_b: float, path
 
 
 def transferability(data: DataConfig, config: TrainConfig = DEFAULT_CONFIG, out: str | Path = "runs/transferability",
-                    study: TransferabilityConfig = TransferabilityConfig(), quiet: bool = False) -> dict[str, Any]:
+                    study: TransferabilityConfig = TransferabilityConfig(), quiet: bool = True) -> dict[str, Any]:
     """Yosinski et al.'s experiment: base nets on class halves A and B, then BnB, BnB+, AnB, AnB+ for
     each cut ``n`` (first ``n`` groups copied from a base net, frozen or fine-tuned), accuracy on B.
     ``data.split_seed`` seeds the halves, the splits and the networks."""

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from ..core.layout import ResultsFolder, RunFolder
 from ..models.saved import rebuild_model
 from ..train.calibration import reliability, scale
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
@@ -71,10 +72,11 @@ def _benefits(summary: dict, history: list[dict[str, Any]]) -> Section | None:
 
 def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndarray | None) -> list[Section]:
     """The winner's confusion matrix, per-class accuracy and misclassified test images."""
-    best, plots = metrics["winner"], out / "plots"
+    results = ResultsFolder(out)
+    best, plots = metrics["winner"], results.plots
     seed = next(r["seed"] for r in metrics["runs"] if r["strategy"] == best)
-    pred_path = out / best / f"seed{seed}" / "test_predictions.npy"
-    splits = np.load(out / "splits.npz")
+    pred_path = results.run(best, seed).test_predictions
+    splits = np.load(results.splits)
     if not pred_path.is_file() or "labels" not in splits:
         return []
     y_pred = np.load(pred_path)
@@ -103,7 +105,7 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
                                 f"{len(wrong)} of {len(y_true)} test images.", image=grid))
     if images is not None:
         picked = np.concatenate([wrong[:8], np.flatnonzero(y_pred == y_true)[:4]])
-        sections.append(_explanations(out / best / f"seed{seed}", images[test_idx[picked]],
+        sections.append(_explanations(results.run(best, seed).path, images[test_idx[picked]],
                                       [f"{classes[y_true[i]]} → {classes[y_pred[i]]}" for i in picked],
                                       y_pred[picked], plots))
     return sections
@@ -112,10 +114,10 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
 def _explanations(folder: Path, images: np.ndarray, captions: list[str], targets: np.ndarray,
                   plots: Path) -> Section | None:
     """Grad-CAM of the winner (an ensemble: its heaviest member) for its predicted classes."""
-    if (folder / "ensemble.json").is_file():
-        members = json.loads((folder / "ensemble.json").read_text())["members"]
+    if RunFolder(folder).is_ensemble():
+        members = json.loads(RunFolder(folder).ensemble.read_text())["members"]
         folder = (folder / max(members.values(), key=lambda m: m["weight"])["folder"]).resolve()
-    if not (folder / "model.json").is_file() or not len(images):
+    if not RunFolder(folder).model.is_file() or not len(images):
         return None
     model, info = rebuild_model(folder)
     maps = gradcam(model, np.asarray(images), info["data_config"], targets)
@@ -134,13 +136,13 @@ def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
     reliability diagram."""
     best = metrics["winner"]
     run = next(r for r in metrics["runs"] if r["strategy"] == best)
-    folder = out / best / f"seed{run['seed']}"
-    scores, splits_path = run.get("scores", {}), out / "splits.npz"
-    if "temperature" not in scores or not (folder / "test_probs.npy").is_file() or not splits_path.is_file():
+    folder = ResultsFolder(out).run(best, run["seed"])
+    scores, splits_path = run.get("scores", {}), ResultsFolder(out).splits
+    if "temperature" not in scores or not folder.test_probs.is_file() or not splits_path.is_file():
         return None
     with np.load(splits_path) as splits:
         y = splits["labels"][splits["test"]]
-    probs, t = np.load(folder / "test_probs.npy"), scores["temperature"]
+    probs, t = np.load(folder.test_probs), scores["temperature"]
     curves = {"as trained": reliability(probs, y), f"temperature {t:.2f}": reliability(scale(probs, t), y)}
     rows = [["", "expected calibration error (test)"], ["as trained", _pct(scores["ece"])],
             [f"temperature scaled (T = {t:.2f}, fitted on validation)", _pct(scores["ece_calibrated"])]]
@@ -176,10 +178,12 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
         images: the uint8 image cache (N, S, S, 3), to show misclassified test images; optional.
     """
     out = Path(out)
-    plots = out / "plots"
+    folder = ResultsFolder(out)
+    plots = folder.plots
     plots.mkdir(exist_ok=True)
-    metrics = json.loads((out / "metrics.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
+    # Written by this compare a moment ago (experiments.results, which also reads them back typed).
+    metrics = json.loads(folder.metrics.read_text())
+    manifest = json.loads(folder.manifest.read_text())
     history = read_history(out)
     summary, best = metrics["summary"], metrics["winner"]
     imbalance = manifest["data"].get("imbalance_warning")

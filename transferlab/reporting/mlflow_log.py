@@ -28,6 +28,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..core.io import read_json, write_json
+from ..core.layout import ResultsFolder
 from .plots import confusion_figure
 from .tracking import flat_settings, runs_seed
 
@@ -147,7 +148,7 @@ def _log_metrics(client: Any, run_id: str, metrics: list[tuple[str, float, int]]
 
 def _forget_earlier(client: Any, out: Path, resolved: str) -> None:
     """Delete the runs an earlier logging of this results folder made in the same store."""
-    record = out / "mlflow.json"
+    record = ResultsFolder(out).mlflow
     if not record.is_file():
         return
     earlier = read_json(record, "run transferlab compare --resume again")
@@ -189,11 +190,12 @@ def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: lis
         if best is not None:
             _log_metrics(client, parent.info.run_id, [(f"winner_{k}", v, 0) for k, v in _final_metrics(best).items()
                                                       if "/" not in k])
-        for name in ("report.html", "report.md", "metrics.json", "config.yaml"):
-            if (out / name).is_file():
-                client.log_artifact(parent.info.run_id, str(out / name))
+        folder = ResultsFolder(out)
+        for path in (folder.report_html, folder.report_md, folder.metrics, folder.config):
+            if path.is_file():
+                client.log_artifact(parent.info.run_id, str(path))
         client.set_terminated(parent.info.run_id)
-    write_json(out / "mlflow.json", {"uri": resolved, "experiment_id": experiment, "runs": ids})
+    write_json(ResultsFolder(out).mlflow, {"uri": resolved, "experiment_id": experiment, "runs": ids})
     return parent.info.run_id
 
 

@@ -69,7 +69,7 @@ class Prepared:
 
 
 def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
-            quiet: bool = False) -> Prepared:
+            quiet: bool = True) -> Prepared:
     """Resolve the preprocessing of the backbone and decode every image once into the cache."""
     data_config = backbone_spec(config.model.backbone, config.model.image_size).data_config
     cache = build_image_cache(dataset, cache_side(data_config), data_config["interpolation"], quiet=quiet)
@@ -258,7 +258,7 @@ def _resumed_state(model: TransferModel, folder: RunFolder, phases: int) -> RunS
 
 
 def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
-              resume: bool = False, quiet: bool = False, budget: float | None = None) -> RunResult:
+              resume: bool = False, quiet: bool = True, budget: float | None = None) -> RunResult:
     """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics.
 
     ``budget``: seconds of training after which no new epoch starts (default: the schedule's
