@@ -25,9 +25,9 @@ References, each on the same train/val/test split and the same ImageNet weights 
   ``/tmp/fa/bin/pip install fastai``.
 - ours: ``transferlab compare`` with ``--ours`` strategies and ``--seeds``, plus ``--ours-args``.
 
-Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ val/`` alone
+Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ test/``
 (hymenoptera), ``train/`` is split 80/20 (stratified, seed 0) into training and validation and
-``val/`` is the test set (the split transferlab makes by itself for such a folder).
+``test/`` is the test set (the split transferlab makes by itself for such a folder).
 
 Printed: one line per run as it ends, then a table of test accuracy per method, mean +- 95% CI
 over seeds (t interval), with each seed's value, the mean seconds per run and the difference to the

@@ -5,7 +5,7 @@
 bf16 is forced on even where the CPU lacks native bf16 (transferlab's default there is fp32, see
 ``runtime.bf16_native``): the point is to see whether bf16 hurts accuracy, so on such a CPU the
 bf16 rows are slow (oneDNN emulates bf16) and their seconds say nothing about a bf16 machine.
-Data as in benchmarks/strategies.py: ``train/`` split 80/20 into training and validation, ``val/``
+Data as in benchmarks/strategies.py: ``train/`` split 80/20 into training and validation, ``test/``
 the test set.
 """
 

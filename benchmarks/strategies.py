@@ -3,9 +3,9 @@
     python benchmarks/strategies.py --data ../shared/datasets/hymenoptera [--strategies ...]
     python benchmarks/strategies.py --data ../shared/datasets/flower_photos --device cuda --workers 8
 
-Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ val/`` alone
+Data: with ``train/ val/ test/`` folders (flower_photos) those splits; with ``train/ test/``
 (hymenoptera), ``train/`` is split 80/20 (stratified, seed 0) into training and validation and
-``val/`` is the test set. Both sides run on ``--device`` and use the same model, the same phases
+``test/`` is the test set. Both sides run on ``--device`` and use the same model, the same phases
 (learning rates, epochs, patience, early stopping on validation loss with best-weights restore) and
 the same augmentation (random resized crop + flip).
 

@@ -104,3 +104,13 @@ def _register_tiny_backbone() -> None:
 
 
 _register_tiny_backbone()
+
+
+def error_of(capsys) -> str:
+    """The one-line error ``main`` printed (rich folds long lines; joined back here)."""
+    return " ".join(capsys.readouterr().err.split())
+
+
+def compare_argv(data: Path, out: Path, options: list[str], *extra: str) -> list[str]:
+    """The argv of ``transferlab compare`` on ``data`` into ``out`` with ``options`` and ``extra``."""
+    return ["compare", "--data", str(data), "--out", str(out), *options, *extra]

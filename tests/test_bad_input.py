@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_class_folders
+from conftest import compare_argv, error_of, make_class_folders
 from transferlab.cli import main
 from transferlab.core import io as tl_io
 from transferlab.core.errors import DataError
@@ -28,12 +28,7 @@ FAST = ["--backbone", "test_tiny", "--strategies", "probe", "--quiet"]
 
 
 def compare_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["compare", "--data", str(data), "--out", str(out), *FAST, *extra]
-
-
-def error_of(capsys) -> str:
-    """The one-line error main printed (rich folds long lines; joined back here)."""
-    return " ".join(capsys.readouterr().err.split())
+    return compare_argv(data, out, FAST, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -211,6 +211,10 @@ def from_dict(cls: type[C], data: Any, where: str = "") -> C:
     unknown = [str(k) for k in data if k not in names]
     if unknown:
         raise SettingError(where + unknown[0], f"unknown setting; known here: {', '.join(sorted(names))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SettingError(where + missing[0], "missing")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]

@@ -135,10 +135,13 @@ def _scan(files: list[Path], root: Path) -> tuple[str, dict[str, str]]:
         listing.update(os.fsencode(f) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     memo = cache_home() / "scans" / f"{listing.hexdigest()[:32]}.json"
     if memo.is_file():
-        try:
+        try:  # a damaged memo (cut short, or the wrong content) is only a lost shortcut: scanned again
             saved = read_json(memo)
-            return saved["fingerprint"], saved["bad"]
-        except (DamagedFileError, KeyError, TypeError):  # a damaged memo is only a lost shortcut
+            fingerprint, bad = saved["fingerprint"], saved["bad"]
+            if isinstance(fingerprint, str) and isinstance(bad, dict) and \
+                    all(isinstance(k, str) and isinstance(v, str) for k, v in bad.items()):
+                return fingerprint, bad
+        except (DamagedFileError, KeyError, TypeError):
             pass
     content = hashlib.sha256()
     bad: dict[str, str] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray])
             with np.load(folder.splits, allow_pickle=False) as saved:
                 same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
                     np.array_equal(saved["labels"], ds.labels)
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(folder.splits, str(exc)) from None
         if not same:
             raise TransferlabError(f"the images or splits differ from those {out} was made with; "

@@ -145,11 +145,13 @@ class StrategySummary:
 class Metrics:
     """metrics.json: every finished run (without its history), the summary per strategy, the winner."""
 
-    runs: list[RunResult] = field(default_factory=list)
-    summary: dict[str, StrategySummary] = field(default_factory=dict)
-    winner: str | None = None
+    runs: list[RunResult]
+    summary: dict[str, StrategySummary]
+    winner: str | None
 
     def check(self) -> None:
+        if self.runs and self.winner is None:
+            raise RecordError("winner", "missing although runs have finished")
         if self.winner is not None and self.winner not in self.summary:
             raise RecordError("winner", f"{self.winner!r} is not a strategy of the summary")
         stray = {r.strategy for r in self.runs} - set(self.summary)

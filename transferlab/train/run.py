@@ -25,13 +25,14 @@ from ..core.errors import DamagedFileError
 from ..core.io import atomic_path, write_json
 from ..core.layout import RunFolder
 from ..core.progress import warn
-from ..core.records import check_array
+from ..core.records import check_array, read_record
 from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, build_whole_cache, cache_side
 from ..data.imagestore import ImageStore
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
+from ..models.saved import SavedModel
 from ..runtime import distributed
 from ..runtime.device import Precision, configure_torch
 from .batches import Batches, ImageBatches, TensorBatches
@@ -183,12 +184,14 @@ def load_probabilities(path: Path, rows: int, classes: int | None, fix: str = ""
 
 
 def _predictions_intact(folder: RunFolder, prep: Prepared) -> bool:
-    """Whether a finished run's saved probabilities read back whole (what ensembles and calibration
-    read); a run whose files are cut short is trained again on resume."""
+    """Whether a finished run's saved probabilities and model.json read back whole (what ensembles,
+    calibration and predict read); a run whose files are damaged is trained again on resume."""
     k = len(prep.dataset.classes)
     try:
         load_probabilities(folder.val_probs, len(prep.splits["val"]), k)
         load_probabilities(folder.test_probs, len(prep.splits["test"]), k)
+        if read_record(SavedModel, folder.model).classes != prep.dataset.classes or not folder.weights.is_file():
+            raise DamagedFileError(folder.model, "its classes are not the data's, or the weights are missing")
     except DamagedFileError as exc:
         warn(str(exc))
         return False
