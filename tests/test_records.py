@@ -4,6 +4,7 @@ short: each is a one-line error naming the file and the fix (exit 2, no tracebac
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -338,3 +339,27 @@ def test_splits_of_a_train_test_folder_carve_validation_from_train(tmp_path):
     assert len(splits["test"]) == 10 and len(splits["val"]) == 4 and len(splits["train"]) == 16
     assert Image.open(ds.paths[splits["test"][0]]).size  # the test images are test/'s
     assert all("test" in str(ds.paths[i]) for i in splits["test"])
+
+
+def test_a_full_cache_disk_names_the_file_and_suggests_transferlab_home(trained, tmp_path, capsys, monkeypatch):
+    from transferlab.data import imagecache
+
+    data, _ = trained
+
+    def full(path, **kwargs):  # numpy's open_memmap fails to write, naming no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(imagecache.np.lib.format, "open_memmap", full)
+    monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path / "fresh-home"))
+    assert main(compare_args(data, tmp_path / "out")) == 2
+    msg = error_of(capsys)
+    assert "fresh-home" in msg and "disk is full" in msg and "TRANSFERLAB_HOME" in msg and "--out" not in msg
+
+
+def test_output_to_a_full_device_is_one_line_without_suggesting_out(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "transferlab", "strategies"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "output" in done.stderr and "--out" not in done.stderr
