@@ -264,8 +264,8 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
               resume: bool = False, quiet: bool = True, budget: float | None = None) -> RunResult:
     """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics.
 
-    ``budget``: seconds of training after which no new epoch starts (default: the schedule's
-    ``time_budget``); counted from the run's start, across a resume. Under torchrun with
+    ``budget``: seconds of training after which no new epoch starts (default: ``--time-budget``,
+    ``config.budget.time_budget``); counted from the run's start, across a resume. Under torchrun with
     ``config.runtime.parallel == "data"`` every process trains this run together (DDP) and rank 0
     alone writes its files."""
     data_parallel = config.runtime.parallel == "data" and distributed.joined()
@@ -287,7 +287,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     model, backbone, head = _build_model(config, strategy, seed, len(classes))
     prep.precision.to_model(model)
     state = _resumed_state(model, folder, len(strategy.phases)) if resume else None
-    if state is None:  # a fresh start: the weights as built (a refused checkpoint may have loaded in part)
+    if resume and state is None:  # a fresh start: the weights as built (a refused checkpoint may have loaded in part)
         model, backbone, head = _build_model(config, strategy, seed, len(classes))
         prep.precision.to_model(model)
     ckpt = _Checkpointer(folder.checkpoint, model, state or RunState(model={}), writes)
