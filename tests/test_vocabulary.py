@@ -7,10 +7,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import make_class_folders
@@ -37,7 +39,7 @@ def _fields() -> list[tuple[dataclasses.Field, object, type, str]]:
     out = []
 
     def walk(cls: type, prefix: str) -> None:
-        hints = __import__("typing").get_type_hints(cls)
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], f"{prefix}{f.name}.")
@@ -165,7 +167,7 @@ def _batches(exp: Experiment, folder: Path) -> object:
         inputs = run_module.PhaseInputs(model, prep, cfg, None, quiet=True)
         phase = strategy.phases[index]
         train, _ = inputs.for_phase(phase, pristine=False)
-        x, _ = next(iter(train.batches(__import__("torch").Generator().manual_seed(0))))
+        x, _ = next(iter(train.batches(torch.Generator().manual_seed(0))))
         seen.append((inputs.level(phase), type(train).__name__, tuple(x.shape), train.batch_size, train.balanced,
                      getattr(train, "augment", None), getattr(train, "policy", None),
                      getattr(train, "aspects", None) is not None,

@@ -105,8 +105,9 @@ def _shown(value: Any) -> str:
 _KIND = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
-def _check_scalar(value: Any, tp: Any) -> tuple[Any, str | None]:
-    """``value`` as the type ``tp`` (an int is a float; an Enum's value is its member), or why not."""
+def check_scalar(value: Any, tp: Any, finite: bool = True) -> tuple[Any, str | None]:
+    """``value`` as the type ``tp`` (an int is a float; an Enum's value is its member), or why not;
+    with ``finite`` a float must not be NaN or infinite. Settings and records (``core.records``) share it."""
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value, None
@@ -121,7 +122,7 @@ def _check_scalar(value: Any, tp: Any) -> tuple[Any, str | None]:
     ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
     if not ok:
         return value, f"{_shown(value)} is not {_KIND.get(tp, tp.__name__)}"
-    if tp is float and not math.isfinite(value):
+    if finite and tp is float and not math.isfinite(value):
         return value, f"{_shown(value)} is not a finite number"
     return value, None
 
@@ -167,7 +168,7 @@ def check_value(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str 
     tp = without_none(tp)
     if typing.get_origin(tp) is tuple:
         return _check_tuple(value, tp, meta)
-    value, problem = _check_scalar(value, tp)
+    value, problem = check_scalar(value, tp)
     if problem:
         return value, problem
     if meta.get("choices") and value not in meta["choices"]:

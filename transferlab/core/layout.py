@@ -130,5 +130,4 @@ class ResultsFolder:
     @staticmethod
     def containing(folder: Path) -> ResultsFolder | None:
         """The results folder (the one holding config.yaml) that ``folder`` is or lies in, if any."""
-        root = next((p for p in (folder, *folder.parents) if (p / "config.yaml").is_file()), None)
-        return None if root is None else ResultsFolder(root)
+        return next((r for r in map(ResultsFolder, (folder, *folder.parents)) if r.config.is_file()), None)

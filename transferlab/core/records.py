@@ -9,7 +9,6 @@ that does not parse; nothing downstream meets a KeyError or a NaN it did not exp
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import types
 import typing
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .config import check_scalar
 from .errors import DamagedFileError
 from .io import read_json
 
@@ -36,15 +36,10 @@ def _union_args(tp: Any) -> tuple[Any, ...] | None:
 
 
 def _scalar(value: Any, tp: type, key: str) -> Any:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise RecordError(key, f"{value!r} is not one of {', '.join(m.value for m in tp)}") from None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise RecordError(key, f"{value!r} is not {'a number' if tp in (int, float) else 'a ' + tp.__name__}")
+    # Records may hold NaN where a number was not defined (JSON's NaN): only settings refuse it.
+    value, problem = check_scalar(value, tp, finite=False)
+    if problem:
+        raise RecordError(key, problem)
     return value
 
 

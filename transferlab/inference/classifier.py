@@ -59,7 +59,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """Train on ``X``: a DATA spec (folder, CSV, ``digits``...), or image files with labels ``y``."""
         strategies = AUTO if self.strategy == "auto" else tuple(s.strip() for s in str(self.strategy).split(","))
         config, plan = self._config(), CompareConfig(strategies=strategies, seeds=1)  # bad settings stop here
-        DataConfig("digits", split_seed=self.seed)
+        DataConfig("digits", split_seed=self.seed)  # the seed checked now; the real source is known below
         work = Path(tempfile.mkdtemp(prefix="transferlab-"))
         try:
             source = _as_source(X, y, work)
