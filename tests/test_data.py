@@ -231,7 +231,8 @@ def test_labels_from_a_csv_with_and_without_splits(tmp_path):
 @pytest.mark.parametrize("rows, header, message", [
     ([("imgs/nope.png", "a")], "path,label", "line 2: .*nope.png does not exist"),
     ([("x.png", "a")], "file,class", "needs a header with 'path' and 'label'"),
-    ([("x.png", "")], "path,label", "line 2: empty path or label"),
+    ([("x.png", "")], "path,label", "no row with a label"),
+    ([("", "a")], "path,label", "line 2: empty path"),
     ([("x.png", "a", "later")], "path,label,split", "split 'later' is not one of"),
 ])
 def test_bad_csv_rows_name_the_line_and_the_fix(tmp_path, rows, header, message):

@@ -21,6 +21,7 @@ from transferlab.cli.options import config_from_args
 from transferlab.core.config import SettingError, flag_of, leaf_fields, to_dict
 from transferlab.core.errors import DataError, TransferlabError
 from transferlab.data import load_dataset, make_splits
+from transferlab.data.pool import attach_pool
 from transferlab.experiments import compare as compare_module
 from transferlab.experiments.experiment import CompareConfig, Experiment, load_experiment
 from transferlab.models import backbone_spec
@@ -31,7 +32,7 @@ from transferlab.train.config import SECTIONS
 # A value other than the default for every option, as typed on the command line.
 OTHER = {"source": "digits:5", "backbone": "test_tiny", "device": "cpu", "strategies": "probe,finetune",
          "head_hidden": "16", "image_size": "24", "max_epochs": "2", "patience": "1", "time_budget": "30",
-         "parallel": "data"}
+         "parallel": "data", "unlabelled": "pool", "pseudo_precision": "0.9"}
 
 
 def _fields() -> list[tuple[dataclasses.Field, object, type, str]]:
@@ -128,6 +129,7 @@ def _strategies(exp: Experiment) -> dict:
 def folder(tmp_path_factory) -> Path:
     root = make_class_folders(tmp_path_factory.mktemp("vocab") / "data", n_per_class=6, n_classes=2)
     (root / "class_0" / "broken.png").write_bytes(b"not an image")
+    make_class_folders(root.parent / "pool", n_per_class=3, n_classes=2, seed=7)  # --unlabelled pool
     return root
 
 
@@ -136,9 +138,11 @@ def _data(exp: Experiment, folder: Path) -> object:
     source = str(folder) if d.source == "digits" else d.source
     try:
         ds = load_dataset(source, strict=d.strict)
+        splits = make_splits(ds, seed=d.split_seed)
+        ds = attach_pool(ds, d.unlabelled and str(folder.parent / d.unlabelled), source, d.strict)
     except DataError as exc:
         return str(exc)
-    return ds.name, len(ds), {k: v.tolist() for k, v in make_splits(ds, seed=d.split_seed).items()}
+    return ds.name, len(ds), ds.pool_source, {k: v.tolist() for k, v in splits.items()}
 
 
 def _prepared(exp: Experiment, folder: Path, monkeypatch) -> dict:
@@ -215,9 +219,9 @@ OBSERVED = {  # option -> what it controls
         "head_lr", "head_epochs", "head_patience", "warmup_epochs", "probe_model", "body_lr", "body_epochs",
         "body_patience", "step_lr", "step_epochs", "step_patience", "body_bn", "body_schedule", "layer_decay",
         "discriminative", "label_smoothing", "ema", "scratch_lr", "scratch_epochs", "scratch_patience", "mixup",
-        "cutmix", "class_weights", "max_epochs", "patience")},
+        "cutmix", "class_weights", "max_epochs", "patience", "self_train_rounds", "pseudo_precision")},
     **{name: "model" for name in ("backbone", "image_size", "head_hidden", "dropout")},
-    **{name: "data" for name in ("source", "split_seed", "strict")},
+    **{name: "data" for name in ("source", "split_seed", "strict", "unlabelled")},
     **{name: "batches" for name in ("batch_size", "augment", "views", "augment_policy", "crop_from",
                                     "balanced_sampler", "prefix_cache")},
     **{name: "prepared" for name in ("device", "fp32", "fold_bn", "compile", "deterministic")},

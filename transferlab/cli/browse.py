@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..core.progress import warn
 from ..data.builtin import load_dataset
+from ..data.pool import load_pool
 from ..data.splits import make_splits
 from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
 from ..inference.classify import classify
@@ -30,6 +31,7 @@ def run_data(args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are listed below
         ds = load_dataset(data.source, strict=data.strict)
+        pool = load_pool(data.unlabelled, data.source, data.strict) if data.unlabelled else None
     splits = make_splits(ds, seed=data.split_seed)
     info = {
         "data": ds.name, "images": len(ds), "classes": ds.counts(),
@@ -37,6 +39,9 @@ def run_data(args: argparse.Namespace) -> None:
         "predefined_splits": sorted(ds.splits), "skipped": [{"file": f, "reason": r} for f, r in ds.skipped],
         "fingerprint": ds.fingerprint,
     }
+    if pool is not None:  # copies of labelled images are found when a compare decodes them
+        info["unlabelled"] = {"source": pool.name, "images": len(pool),
+                              "skipped": [{"file": f, "reason": r} for f, r in pool.skipped]}
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -53,6 +58,11 @@ def run_data(args: argparse.Namespace) -> None:
     for f, r in ds.skipped:
         out.print(f"  {f}: {r}", markup=False, highlight=False)
     out.print(f"fingerprint: {ds.fingerprint}")
+    if pool is not None:
+        out.print(f"unlabelled pool: {len(pool)} images in {pool.name} ({len(pool.skipped)} unreadable skipped)",
+                  markup=False, highlight=False)
+        for f, r in pool.skipped:
+            out.print(f"  {f}: {r}", markup=False, highlight=False)
     imbalance = ds.imbalance_warning()
     if imbalance:
         warn(imbalance)
@@ -134,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--benchmark", action="store_true", help="measure latency and throughput on this machine")
     add_config_options(b, BenchmarkConfig)
     # --data is optional here: with it, the probe's accuracy is measured for every offline backbone.
-    add_config_options(b, DataConfig, {"source": ""})
+    add_config_options(b, DataConfig, {"source": ""}, skip=("unlabelled",))
     add_config_options(b, BudgetConfig, {"batch_size": 8}, only=("batch_size",))
     add_config_options(b, RuntimeConfig, only=("device", "fp32", "fold_bn"))
     add_output_options(b, "results directory of --benchmark", out_default="runs/backbones")

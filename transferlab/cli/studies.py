@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=run_sweep, subparser=s)
 
     t = sub.add_parser("transferability", help="layer transferability: AnB / BnB (Yosinski et al. 2014)")
-    add_config_options(t, DataConfig)
+    add_config_options(t, DataConfig, skip=("unlabelled",))
     # The study trains its own networks: only the model, budget and runtime settings apply.
     for section in (ModelConfig, BudgetConfig, RuntimeConfig):
         add_config_options(t, section, flatten(DEFAULT_CONFIG))

@@ -46,6 +46,8 @@ class ImageDataset:
         splits: predefined splits by name ('train', 'val', 'test') as index arrays; may be empty.
         skipped: ``(file, reason)`` for every image file that could not be read.
         fingerprint: hash of the content (images and labels); caches are keyed by it.
+        pool_source, pool_skipped: with an unlabelled pool appended (``data.pool.with_pool``, label -1):
+            where it came from and how many of its files could not be read.
     """
 
     name: str
@@ -56,6 +58,8 @@ class ImageDataset:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     fingerprint: str = ""
+    pool_source: str = ""
+    pool_skipped: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,8 +71,9 @@ class ImageDataset:
         return open_rgb(self.paths[i], draft_size)
 
     def counts(self) -> dict[str, int]:
-        """Images per class."""
-        return {c: int(n) for c, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
+        """Labelled images per class."""
+        labelled = self.labels[self.labels >= 0]
+        return {c: int(n) for c, n in zip(self.classes, np.bincount(labelled, minlength=len(self.classes)))}
 
     def imbalance_warning(self) -> str | None:
         """A warning when the largest class has more than ``IMBALANCE`` times the images of the smallest."""

@@ -1,4 +1,6 @@
-"""Labelled images listed in a CSV file (``path,label[,split]``) instead of class folders."""
+"""Labelled images listed in a CSV file (``path,label[,split]``) instead of class folders. A row with
+an empty label is an unlabelled image: left out of the labelled data, and part of the pool when the
+same CSV is passed as ``--unlabelled`` (``suggest`` writes such rows for the user to fill in)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from .datasets import DATA_HELP, SPLIT_NAMES, ImageDataset, check_classes, check
 
 
 def _csv_entry(path: Path, line: int, row: dict[str, str]) -> tuple[Path, str, str | None]:
-    """(image file, class, split or None) of one CSV row, checked."""
+    """(image file, class or "" for an unlabelled row, split or None) of one CSV row, checked."""
     file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
     split = (row.get("split") or "").strip().lower() or None
-    if not file or not label:
-        raise DataError(f"{path}, line {line}: empty path or label")
+    if not file:
+        raise DataError(f"{path}, line {line}: empty path")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in label + file):
         raise DataError(f"{path}, line {line}: the path or label holds a control character (such as NUL); "
                         "fix the row")
@@ -48,10 +50,8 @@ def _read_rows(path: Path, limit: int = 64 << 20) -> tuple[list[str], list[tuple
     return header or [], rows
 
 
-def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
-    """Images listed in a CSV with ``path`` and ``label`` columns (paths relative to the CSV's folder)
-    and an optional ``split`` column (train, val or test; empty: to be split)."""
-    path = Path(path).expanduser()
+def read_label_rows(path: Path) -> list[tuple[Path, str, str | None]]:
+    """Every row of the CSV ``path`` as ``(image file, label or "", split or None)``, checked."""
     if path.exists() and not path.is_file():
         raise DataError(f"{path} is not a regular file (a folder, a device or a pipe); pass a CSV file. {DATA_HELP}")
     if not path.is_file():
@@ -64,8 +64,19 @@ def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
         raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split') and "
                         f"a row per image; found {', '.join(c for c in header if c) or 'no header'} and "
                         f"{len(rows)} row(s)")
+    return [_csv_entry(path, line, row) for line, row in rows]
+
+
+def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
+    """Images listed in a CSV with ``path`` and ``label`` columns (paths relative to the CSV's folder)
+    and an optional ``split`` column (train, val or test; empty: to be split). Rows with an empty
+    label are unlabelled images and are left out."""
+    path = Path(path).expanduser()
+    rows = read_label_rows(path)
+    entries = [e for e in rows if e[1]]
+    if not entries:
+        raise DataError(f"{path} has no row with a label ({len(rows)} unlabelled row(s)); fill in the label column")
     root = path.parent
-    entries = [_csv_entry(path, line, row) for line, row in rows]
     classes = sorted({e[1] for e in entries})
     check_classes(classes, path)
     given = {s for _, _, s in entries}

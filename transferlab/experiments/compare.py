@@ -22,6 +22,7 @@ from ..core.layout import ResultsFolder
 from ..core.progress import console, warn
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
+from ..data.pool import attach_pool
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
@@ -29,7 +30,7 @@ from ..reporting.mlflow_log import check_store
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, train_one
-from ..train.strategies import build_strategy
+from ..train.strategies import build_strategy, check_pool_strategies
 from .experiment import DEFAULT_STRATEGIES, ENSEMBLE, CompareConfig, Experiment, load_experiment, read_config_yaml
 from .folder import check_out_folder, main_holds, model_folder
 from .postrun import calibrate_runs, ensemble_run, track_runs
@@ -66,7 +67,7 @@ def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray])
         try:
             with np.load(folder.splits, allow_pickle=False) as saved:
                 same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
-                    np.array_equal(saved["labels"], ds.labels)
+                    np.array_equal(saved["labels"], ds.labels[ds.labels >= 0])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(folder.splits, str(exc)) from None
         if not same:
@@ -106,6 +107,8 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     if imbalance and config.imbalance.class_weights == "none" and is_main():
         warn(imbalance)
     splits = make_splits(ds, seed=data.split_seed)
+    ds = attach_pool(ds, data.unlabelled, data.source, data.strict)
+    check_pool_strategies([s for s in plan.strategies if s != ENSEMBLE], config, bool(ds.pool_source))
     def checks() -> None:
         if resume:
             _check_same_data(out, ds, splits)
@@ -187,7 +190,7 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
     prep = prepare(ds, splits, exp.train, quiet=quiet)
     if is_main():
         with atomic_path(ResultsFolder(out).splits) as tmp:
-            np.savez(tmp, labels=ds.labels, **splits)
+            np.savez(tmp, labels=ds.labels[ds.labels >= 0], **prep.splits)
     return prep
 
 

@@ -107,7 +107,8 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
     write_json(folder.manifest, {
         "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),
         "split_seed": exp.data.split_seed,
-        "data": {"name": ds.name, "images": len(ds), "classes": ds.classes, "fingerprint": ds.fingerprint,
+        "data": {"name": ds.name, "images": int((ds.labels >= 0).sum()), "classes": ds.classes,
+                 "fingerprint": ds.fingerprint, "unlabelled": prep.pool.to_dict() if prep.pool else None,
                  "counts": ds.counts(), "imbalance_warning": ds.imbalance_warning(),
                  "splits": {k: len(v) for k, v in prep.splits.items()},
                  "skipped": [{"file": f, "reason": r} for f, r in ds.skipped]},
@@ -169,6 +170,7 @@ class ManifestData:
     classes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     imbalance_warning: str | None = None
+    unlabelled: dict[str, Any] | None = None  # the pool: source, images kept, duplicates left out, skipped
     splits: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
 

@@ -13,12 +13,14 @@ from matplotlib.figure import Figure
 from ..core.config import Settings, option
 from ..core.progress import console
 from ..data.builtin import load_dataset
+from ..data.pool import attach_pool
 from ..data.splits import make_splits, per_class_subset
 from ..reporting.plots import save_figure
 from ..reporting.render import Section, render
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import prepare, train_one
+from ..train.strategies import check_pool_strategies
 from .folder import main_holds
 from .study_files import write_rows
 
@@ -72,22 +74,29 @@ def _plot(rows: list[dict[str, Any]], strategies: tuple[str, ...], path: Path) -
 def sweep(data: DataConfig, config: TrainConfig, out: str | Path, study: SweepConfig = SweepConfig(),
           quiet: bool = True) -> dict[str, Any]:
     """Test accuracy against examples per class: nested random subsets of the training split (the
-    same ``subsets`` seeds for every size), a fixed validation and test split."""
+    same ``subsets`` seeds for every size), a fixed validation and test split. With an unlabelled pool
+    (``data.unlabelled``) the training images left out of a subset join the pool, their labels hidden,
+    so that strategies that learn from unlabelled images (self-train) show what they buy."""
     with main_holds(Path(out), data.source, "a sweep"):
         return broadcast(_sweep(data, config, Path(out), study, quiet))
 
 
 def _sweep(data: DataConfig, config: TrainConfig, out: Path, study: SweepConfig, quiet: bool) -> dict[str, Any]:
     ds = load_dataset(data.source, strict=data.strict)
+    check_pool_strategies(study.strategies, config, bool(data.unlabelled))
     base = make_splits(ds, seed=data.split_seed)
-    prep = prepare(ds, base, config, quiet=quiet)
+    prep = prepare(attach_pool(ds, data.unlabelled, data.source, data.strict), base, config, quiet=quiet)
+    base = prep.splits
     largest = int(np.bincount(ds.labels[base["train"]]).min())
     rows = []
     # Independent runs: under torchrun each process trains its share, rank 0 writes the results.
     jobs = [(n, s, strategy) for n in study.per_class for s in range(study.subsets) for strategy in study.strategies]
     for n, s, strategy in my_share(jobs):
         train = per_class_subset(base["train"], ds.labels, n, seed=s)
-        sub = replace(prep, splits={**base, "train": train})
+        splits = {**base, "train": train}
+        if "pool" in base:  # the rest of the training images join the pool, their labels hidden
+            splits["pool"] = np.concatenate([np.setdiff1d(base["train"], train), base["pool"]])
+        sub = replace(prep, splits=splits)
         res = train_one(sub, config, strategy, s, out / f"n{n}" / f"subset{s}" / strategy, quiet=quiet)
         rows.append({"per_class": n, "per_class_used": min(n, largest), "subset": s, "strategy": strategy,
                      "train_images": len(train), "test_acc": res.test_acc, "seconds": res.seconds})

@@ -38,6 +38,8 @@ class DataConfig(Settings):
     source: str = option("", "digits, digits:N, flowers17[:k], or a folder", flag="--data", required=True)
     split_seed: int = option(0, "seed of the train/val/test split", minimum=0)
     strict: bool = option(False, "unreadable images are an error instead of being skipped")
+    unlabelled: str | None = option(None, "a folder of unlabelled images (any nesting), or a CSV whose rows with an "
+                                          "empty label are unlabelled: the pool self-train learns from")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,18 @@ class ScratchConfig(Settings):
 
 
 @dataclass(frozen=True)
+class SemiConfig(Settings):
+    """unlabelled images: how self-train learns from the pool (--unlabelled)"""
+
+    self_train_rounds: int = option(3, "self-train: rounds of pseudo-labelling the pool and fitting again (the "
+                                       "round best on validation is kept; round 0 is the probe)", minimum=1,
+                                    maximum=20)
+    pseudo_precision: float = option(0.95, "self-train: keep pseudo-labels above the calibrated confidence at "
+                                           "which this share of validation images is right", minimum=0.5,
+                                     maximum=1)
+
+
+@dataclass(frozen=True)
 class AugmentConfig(Settings):
     """augmentation: what training images look like"""
 
@@ -179,6 +193,7 @@ class TrainConfig(Settings):
     head: HeadConfig = HeadConfig()
     body: BodyConfig = BodyConfig()
     scratch: ScratchConfig = ScratchConfig()
+    semi: SemiConfig = SemiConfig()
     augment: AugmentConfig = AugmentConfig()
     imbalance: ImbalanceConfig = ImbalanceConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -196,5 +211,5 @@ class TrainConfig(Settings):
 
 # The sections whose options every training command offers, in the order --help shows them (the few a
 # beginner needs first: the data and model, then how long; the rest are for tuning).
-SECTIONS = (ModelConfig, BudgetConfig, HeadConfig, BodyConfig, ScratchConfig, AugmentConfig, ImbalanceConfig,
-            RuntimeConfig)
+SECTIONS = (ModelConfig, BudgetConfig, HeadConfig, BodyConfig, ScratchConfig, SemiConfig, AugmentConfig,
+            ImbalanceConfig, RuntimeConfig)

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,6 +241,28 @@ class StepRecipe:
     after_step: Callable[[], None] | None = None
 
 
+# An epoch of a tiny training set is several passes over it, each shuffled and augmented anew: at 5
+# images per class (25 images, one batch) an epoch of one step left finetune's warm-up head nearly
+# untrained, and when the whole-model phase then never beat it the run ended with that head (finetune
+# collapsed to 30-40% in some seeds on flower_photos; README).
+MIN_EPOCH_STEPS = 8
+
+
+def _epoch_batches(train: Batches, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of one epoch: one whole pass over ``train``, and for a set of fewer than
+    ``MIN_EPOCH_STEPS`` batches more passes until that many."""
+    steps = 0
+    while True:
+        before = steps
+        for batch in train.batches(generator):
+            if before and steps >= MIN_EPOCH_STEPS:
+                return
+            steps += 1
+            yield batch
+        if steps >= MIN_EPOCH_STEPS or steps == before:  # enough, or no examples at all
+            return
+
+
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
                  generator: torch.Generator, recipe: StepRecipe, data_parallel: bool = False) -> float:
     # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
@@ -252,7 +274,7 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
     gradient, however unevenly a batch divides."""
     total = torch.zeros((), dtype=torch.float64, device=precision.device)
     count, world = 0, distributed.world_size() if data_parallel else 1
-    for x, y in train.batches(generator):
+    for x, y in _epoch_batches(train, generator):
         n = len(y)
         if recipe.mix is not None:
             x, y = recipe.mix(x, y, generator)

@@ -1,5 +1,11 @@
-"""The probe: a linear classifier on pooled features, its regularisation chosen by stratified
-cross-validation, folded into the model's linear output layer.
+"""The probe: a linear classifier on pooled features, its regularisation chosen on the validation
+split (or, without one, by stratified cross-validation), folded into the model's linear output layer.
+
+Why validation rather than cross-validation: with 5 images per class the folds hold one image per
+class, and the C they pick swings by four orders of magnitude between seeds; the validation split
+(the same one early stopping uses) is larger and the same for every strategy. Measured on
+flower_photos (lite0 features, 3 subsets): at 20 per class, 80.1 +- 4.3% with C by CV, 80.8 +- 2.5%
+with C on validation (README).
 
 ``logreg`` is multinomial logistic regression fitted in torch on the features' device: full-batch
 L-BFGS on the objective scikit-learn's ``LogisticRegression`` minimises (``C`` times the summed
@@ -85,15 +91,50 @@ def balanced_weights(y: torch.Tensor, classes: int | None = None) -> torch.Tenso
     return torch.where(counts > 0, len(y) / (k * counts.clamp_min(1)), 0).float()
 
 
+def _fold_scaling(w: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, C: float) -> LinearFit:
+    """The fit on standardised features as one on raw ones: w' = w / s, b' = b - w' . m."""
+    weight = w[:, :-1] / scale
+    return LinearFit(weight, w[:, -1] - weight @ mean[0], C)
+
+
+def _fit_on_validation(x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], k: int,
+                       grid: np.ndarray, sw: torch.Tensor | None) -> LinearFit:
+    """One fit per C of ``grid`` on all of ``x``, the one with the best validation accuracy kept (ties:
+    the lower validation loss, then the smaller C)."""
+    vx, vy = val[0].to(x.device).float(), val[1].to(x.device).long()
+    everything = torch.ones(1, len(y), device=x.device)
+    mean, scale = _standardise(x, everything)
+    z = ((x - mean) / scale)[None]
+    w = torch.zeros(1, k, x.shape[1] + 1, device=x.device)
+    best: tuple[tuple[float, float], LinearFit] | None = None
+    for C in grid:  # small to large C: each fit starts from the last one's optimum
+        w = _fit(z, y, everything, float(C), w, sw)
+        fit = _fold_scaling(w[0], mean, scale, float(C))
+        logits = vx @ fit.weight.T + fit.bias
+        key = (float((logits.argmax(1) == vy).float().mean()), -float(F.cross_entropy(logits, vy)))
+        if best is None or key > best[0]:
+            best = (key, fit)
+    return best[1]
+
+
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray = C_GRID,
-               balanced: bool = False) -> LinearFit:
-    """Multinomial logistic regression on ``x`` (N, D) with C by stratified CV, on ``x``'s device;
-    ``balanced``: each example's loss weighted by ``balanced_weights`` of its class."""
+               balanced: bool = False, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+               sample_weight: torch.Tensor | None = None) -> LinearFit:
+    """Multinomial logistic regression on ``x`` (N, D), on ``x``'s device, with C chosen on ``val``
+    (features, labels) when given, else by stratified CV; ``balanced``: each example's loss weighted by
+    ``balanced_weights`` of its class; ``sample_weight``: a weight per example (times the former)."""
     x = x.float()
     y = y.to(x.device).long()
     k, d = int(y.max()) + 1, x.shape[1]
+    if val is not None:
+        k = max(k, int(val[1].max()) + 1)
     y_np = y.cpu().numpy()
     sw = balanced_weights(y, k)[y] if balanced else None
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(x.device).float()
+        sw = sample_weight if sw is None else sw * sample_weight
+    if val is not None:
+        return _fit_on_validation(x, y, val, k, grid, sw)
     chosen = 1.0  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
     if np.bincount(y_np).min() >= 2:
         folds = _folds(y_np, seed)
@@ -112,9 +153,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray
     everything = torch.ones(1, len(y), device=x.device)
     mean, scale = _standardise(x, everything)
     w = _fit(((x - mean) / scale)[None], y, everything, chosen, torch.zeros(1, k, d + 1, device=x.device), sw)[0]
-    # The standardisation folds into the linear layer: w' = w / s, b' = b - w' . m.
-    weight = w[:, :-1] / scale
-    return LinearFit(weight, w[:, -1] - weight @ mean[0], chosen)
+    return _fold_scaling(w, mean, scale, chosen)
 
 
 def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int = 0,
@@ -151,8 +190,9 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, model: str = "logreg", seed: int =
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, model: str = "logreg", seed: int = 0,
-              balanced: bool = False) -> LinearFit:
-    """The probe's fit: torch logistic regression on the device, or scikit-learn's LinearSVC."""
+              balanced: bool = False, val: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearFit:
+    """The probe's fit: torch logistic regression on the device (C on ``val`` when given), or
+    scikit-learn's LinearSVC (C by cross-validation)."""
     if model == "logreg":
-        return fit_logreg(x, y, seed, balanced=balanced)
+        return fit_logreg(x, y, seed, balanced=balanced, val=val)
     return fit_sklearn(x.cpu().numpy(), y.cpu().numpy(), model, seed, balanced)

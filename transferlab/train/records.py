@@ -17,13 +17,15 @@ class RunDetails:
     """Facts about a run beyond its numbers, kept in its checkpoint and in result.json.
 
     Attributes:
-        probe_C: the C the probe's cross-validation chose.
+        probe_C: the C the probe chose on validation.
         kept_average: phases whose kept weights are the moving average's (``--ema``).
         budget_cut: the phase the run's time budget stopped.
         budget_s: the run's time budget in seconds (given, or scratch's equal-compute one).
         body_bn: the BatchNorm policy an ``auto`` run settled on (train or frozen).
         body_bn_train_epochs: epochs of the batch-statistics attempt undone for frozen statistics.
         weights: an ensemble's members and their weights.
+        pseudo_labels: self-train: the pool images labelled in the round kept (0: the probe's round).
+        self_train_round: self-train: the round kept (best on validation).
     """
 
     probe_C: float | None = None
@@ -33,6 +35,8 @@ class RunDetails:
     body_bn: BatchNormPolicy | None = None
     body_bn_train_epochs: int | None = None
     weights: dict[str, float] | None = None
+    pseudo_labels: int | None = None
+    self_train_round: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The facts that are set, as plain values (JSON, a checkpoint)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..core.errors import DamagedFileError
+from ..core.errors import DamagedFileError, DataError
 from ..core.io import atomic_path, write_json
 from ..core.layout import RunFolder
 from ..core.progress import warn
@@ -29,6 +29,7 @@ from ..core.records import check_array, read_record
 from ..data.datasets import ImageDataset
 from ..data.imagecache import build_image_cache, build_whole_cache, cache_side
 from ..data.imagestore import ImageStore
+from ..data.pool import PoolSummary, pool_indices
 from ..models.backbone import Backbone
 from ..models.catalog import backbone_spec, create_backbone
 from ..models.heads import LINEAR_HEAD, HeadSpec, TransferModel, model_config
@@ -58,6 +59,7 @@ class Prepared:
     precision: Precision
     images: ImageStore
     whole: tuple[ImageStore, np.ndarray] | None = field(default=None, repr=False)
+    pool: PoolSummary | None = None  # with an unlabelled pool: its images are ``splits["pool"]``
 
     def whole_images(self, quiet: bool = False) -> tuple[ImageStore, np.ndarray]:
         """The whole pictures squeezed into squares and their aspect ratios, for training crops from the
@@ -71,14 +73,24 @@ class Prepared:
 
 def prepare(dataset: ImageDataset, splits: dict[str, np.ndarray], config: TrainConfig,
             quiet: bool = True) -> Prepared:
-    """Resolve the preprocessing of the backbone and decode every image once into the cache."""
+    """Resolve the preprocessing of the backbone and decode every image once into the cache. A dataset
+    with an unlabelled pool appended (``data.pool.with_pool``) gets ``splits["pool"]``: its images
+    that are no copy of a labelled one."""
     data_config = backbone_spec(config.model.backbone, config.model.image_size).data_config
     cache = build_image_cache(dataset, cache_side(data_config), data_config["interpolation"], quiet=quiet)
+    pool = None
+    if dataset.pool_source:
+        kept, duplicates = pool_indices(cache, dataset.labels)
+        splits = {**splits, "pool": kept}
+        if not len(kept):
+            raise DataError(f"every image of the unlabelled pool {dataset.pool_source} is also a labelled image "
+                            f"({duplicates} copies); pass a folder of other images")
+        pool = PoolSummary(dataset.pool_source, len(splits["pool"]), duplicates, dataset.pool_skipped)
     rt = config.runtime
     if rt.deterministic:
         configure_torch(deterministic=True)
     precision = Precision.choose(rt.device, rt.fp32, rt.fold_bn, rt.compile)
-    return Prepared(dataset, splits, data_config, cache, precision, ImageStore(cache, precision.device))
+    return Prepared(dataset, splits, data_config, cache, precision, ImageStore(cache, precision.device), pool=pool)
 
 
 class PhaseInputs:
@@ -133,6 +145,14 @@ class PhaseInputs:
         self.prefix = (train, val) if 0 < level < self.model.pooled_level else None
         train.balanced = self.config.imbalance.balanced_sampler
         return train, val
+
+    def pool_for(self, phase: Phase, pristine: bool) -> Batches | None:
+        """The centre views of the unlabelled pool at ``phase``'s level, for runners that learn from it."""
+        if not runner_for(phase).pool:
+            return None
+        if "pool" not in self.prep.splits:
+            raise DataError(f"{phase.name} learns from unlabelled images: pass --unlabelled PATH")
+        return self.batches(self.prep.splits["pool"], self.level(phase), 1, pristine)
 
     def after_phase(self, phase: Phase) -> None:
         """Drop the cached prefix if a group below its level has just trained."""
@@ -232,7 +252,8 @@ def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, c
         train, val = inputs.for_phase(phase, pristine=not state.body_changed)
         phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i),
                                         resume=state.phase_state if i == start else None)
-        run = PhaseRun(model, phase, train, val, phase_ctx, state.details,
+        pool = inputs.pool_for(phase, pristine=not state.body_changed)
+        run = PhaseRun(model, phase, train, val, phase_ctx, state.details, pool,
                        restart=lambda i=i, before=before: ckpt.save(i, None, before))
         rows = runner_for(phase).run(run)
         state.history = before + [{**h, "phase_index": i} for h in rows]

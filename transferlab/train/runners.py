@@ -8,13 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
 from ..models.heads import TransferModel
 from .batches import Batches, TensorBatches
 from .config import BatchNormPolicy
 from .engine import PhaseContext, evaluate, fit_phase
 from .probe import fit_probe
 from .records import RunDetails
-from .strategies import Gradient, Phase, Probe
+from .selftrain import self_train
+from .strategies import Gradient, Phase, Probe, SelfTrain
 
 
 @dataclass
@@ -28,6 +31,7 @@ class PhaseRun:
     val: Batches
     ctx: PhaseContext
     details: RunDetails
+    pool: Batches | None = None  # the unlabelled pool's inputs, for runners that learn from it
     improved: bool | None = None  # set by the runner: whether the phase beat its starting weights
     # Saves the run as it stands with this phase to start afresh (the BatchNorm fallback's decision).
     restart: Callable[[], None] = lambda: None
@@ -40,21 +44,23 @@ class Runner:
     Attributes:
         run: does the phase, returns its history rows.
         augmented: whether it trains on augmented views of cached inputs (else the centre view only).
+        pool: whether it learns from the unlabelled pool (its centre views at the phase's level).
     """
 
     run: Callable[[PhaseRun], list[dict[str, Any]]]
     augmented: bool
+    pool: bool = False
 
 
 RUNNERS: dict[type, Runner] = {}
 
 
-def register_runner(method: type, augmented: bool) -> Callable:
+def register_runner(method: type, augmented: bool, pool: bool = False) -> Callable:
     """Decorator registering the runner of phases whose method is a ``method``."""
     def wrap(fn: Callable[[PhaseRun], list[dict[str, Any]]]) -> Callable:
         if method in RUNNERS:
             raise ValueError(f"a runner for {method.__name__} is already registered")
-        RUNNERS[method] = Runner(fn, augmented)
+        RUNNERS[method] = Runner(fn, augmented, pool)
         return fn
     return wrap
 
@@ -103,15 +109,45 @@ def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
     return _fit(r, BatchNormPolicy.FROZEN)
 
 
-@register_runner(Probe, augmented=False)
+def all_views(batches: TensorBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every cached view of every example as rows (V * N, F), and their labels."""
+    return batches.tensors.flatten(0, 1).float(), batches.labels.repeat(batches.views)
+
+
+@register_runner(Probe, augmented=True)
 def run_probe(r: PhaseRun) -> list[dict[str, Any]]:
-    """Fit the linear model on the centre-crop features; fold it into the output layer."""
-    if not isinstance(r.train, TensorBatches):
+    """Fit the linear model on the features of every cached view (the centre crop and the augmented
+    ones: a linear model gains from augmentation too), C chosen on validation; fold it into the output
+    layer."""
+    if not isinstance(r.train, TensorBatches) or not isinstance(r.val, TensorBatches):
         raise TypeError("the probe trains on cached pooled features")
     t0 = time.perf_counter()
-    fit = fit_probe(r.train.first_view(), r.train.labels, r.phase.method.model, r.ctx.seed, r.phase.method.balanced)
+    x, y = all_views(r.train)
+    fit = fit_probe(x, y, r.phase.method.model, r.ctx.seed, r.phase.method.balanced,
+                    val=(r.val.first_view(), r.val.labels))
     r.model.set_output(fit.weight, fit.bias)
     r.details.probe_C = fit.C
     val_loss, val_acc = evaluate(r.model, r.val, r.ctx.precision)
     return [{"phase": r.phase.name, "epoch": 1, "train_loss": float("nan"), "val_loss": val_loss,
              "val_acc": val_acc, "seconds": time.perf_counter() - t0}]
+
+
+@register_runner(SelfTrain, augmented=True, pool=True)
+def run_self_train(r: PhaseRun) -> list[dict[str, Any]]:
+    """The probe, then rounds of pseudo-labels on the pool (``train.selftrain``); the round best on
+    validation is folded into the output layer. A history row per round."""
+    if not all(isinstance(b, TensorBatches) for b in (r.train, r.val, r.pool)):
+        raise TypeError("self-train works on cached pooled features of the training, validation and pool images")
+    t0 = time.perf_counter()
+    x, y = all_views(r.train)
+    m = r.phase.method
+    fit, rounds, kept = self_train(x, y, (r.val.first_view(), r.val.labels), r.pool.first_view(), m.rounds,
+                                   m.precision, r.train.views, m.balanced)
+    r.model.set_output(fit.weight, fit.bias)
+    r.details.probe_C, r.details.self_train_round = fit.C, kept
+    r.details.pseudo_labels = rounds[kept].pseudo_labels
+    val_loss, _ = evaluate(r.model, r.val, r.ctx.precision)
+    seconds = (time.perf_counter() - t0) / len(rounds)
+    return [{"phase": r.phase.name, "epoch": q.round + 1, "train_loss": float("nan"),
+             "val_loss": val_loss if q.round == kept else float("nan"), "val_acc": q.val_acc, "seconds": seconds}
+            for q in rounds]

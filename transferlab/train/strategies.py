@@ -86,6 +86,20 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class SelfTrain:
+    """How a phase self-trains the probe on the unlabelled pool (``train.selftrain``).
+
+    Attributes:
+        rounds: rounds of pseudo-labelling and fitting again.
+        precision: the validation precision the pseudo-labels' confidence threshold must reach.
+    """
+
+    rounds: int = 3
+    precision: float = 0.95
+    balanced: bool = False  # scikit-learn's class_weight="balanced"
+
+
+@dataclass(frozen=True)
 class Phase:
     """One stretch of training with a fixed set of trainable parts.
 
@@ -97,7 +111,7 @@ class Phase:
 
     name: str
     trainable: tuple[str, ...]
-    method: Gradient | Probe = field(default_factory=Gradient)
+    method: Gradient | Probe | SelfTrain = field(default_factory=Gradient)
 
     @property
     def body_trainable(self) -> tuple[str, ...]:
@@ -113,6 +127,7 @@ class Strategy:
     pretrained: bool
     phases: list[Phase]
     linear_head: bool = False  # a single linear layer instead of the dense head (the probe)
+    needs_pool: bool = False  # learns from the unlabelled pool too (--unlabelled)
 
 
 def body_gradient(config: TrainConfig, groups: list[str], lr: float, epochs: int, patience: int,
@@ -170,6 +185,14 @@ def probe(groups: list[str], config: TrainConfig) -> Strategy:
     return Strategy("probe", pretrained=True, phases=[phase], linear_head=True)
 
 
+@STRATEGIES.register("self-train")
+def self_train(groups: list[str], config: TrainConfig) -> Strategy:
+    """The probe, then rounds of pseudo-labels on the unlabelled images (--unlabelled) it is sure of."""
+    s = config.semi
+    phase = Phase("self-train", (HEAD,), SelfTrain(rounds=s.self_train_rounds, precision=s.pseudo_precision))
+    return Strategy("self-train", pretrained=True, phases=[phase], linear_head=True, needs_pool=True)
+
+
 # finetune warms its head up for one epoch only (--warmup-epochs, as fastai's fine_tune does): a head
 # trained to the end on frozen features is over-confident and gives the body tiny gradients, and the
 # whole-model phase then stops early without improving (measured on flower_photos, README). Its
@@ -216,6 +239,17 @@ def build_strategy(name: str, groups: list[str] | tuple[str, ...], config: Train
         strategy = replace(strategy, phases=[replace(p, method=replace(p.method, balanced=True))
                                              for p in strategy.phases])
     return strategy
+
+
+def check_pool_strategies(names: list[str] | tuple[str, ...], config: TrainConfig, has_pool: bool) -> None:
+    """Strategies that learn from unlabelled images need a pool (``--unlabelled``)."""
+    from ..models.catalog import backbone_spec
+
+    groups = backbone_spec(config.model.backbone, config.model.image_size).groups
+    needy = [n for n in names if build_strategy(n, groups, config).needs_pool]
+    if needy and not has_pool:
+        raise TransferlabError(f"{', '.join(needy)} learns from unlabelled images: pass --unlabelled PATH (a folder "
+                               "of images without labels), or leave it out of --strategies")
 
 
 def list_strategies() -> list[str]:

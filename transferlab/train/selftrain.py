@@ -1,0 +1,108 @@
+"""Self-training on pooled features: the probe labels the unlabelled pool, keeps the labels it can
+trust, and is fitted again on the labelled images plus those, for a few rounds (Yarowsky 1995;
+Lee 2013, pseudo-labels; Xie et al. 2020, noisy student, there with a whole network).
+
+What makes it safe with a handful of labels:
+- **Which pseudo-labels.** The probe's probabilities are calibrated on validation (temperature
+  scaling), and the confidence threshold is the lowest at which the validation images above it are
+  still right ``precision`` of the time: an estimate of the pseudo-labels' precision on images the
+  probe was not fitted on.
+- **One class cannot swallow the pool.** Each class keeps at most ``CLASS_CAP`` times its share of
+  the labelled images among the pseudo-labels (its most confident ones).
+- **Never worse than the probe on validation.** Round 0 is the probe itself; the round with the best
+  validation accuracy is kept (ties: the earlier round).
+
+Everything runs on cached features, so a round costs seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .calibration import fit_temperature
+from .probe import LinearFit, fit_logreg
+
+CLASS_CAP = 1.5  # a class's pseudo-labels: at most this many times its share of the labelled images
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of self-training, as the history records it."""
+
+    round: int
+    pseudo_labels: int  # pool images labelled and trained on in this round
+    threshold: float  # the calibrated confidence they are above
+    val_acc: float
+    C: float
+
+
+def _probs(fit: LinearFit, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return ((x @ fit.weight.T + fit.bias) / temperature).softmax(1)
+
+
+def confidence_threshold(conf: np.ndarray, right: np.ndarray, precision: float) -> float | None:
+    """The lowest confidence such that the examples at or above it are right at least ``precision``
+    of the time (None when even the most confident one is wrong)."""
+    order = np.argsort(-conf, kind="stable")
+    running = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(running >= precision)
+    return float(conf[order][ok.max()]) if len(ok) else None
+
+
+def pseudo_labels(fit: LinearFit, val: tuple[torch.Tensor, torch.Tensor], pool: torch.Tensor,
+                  prior: np.ndarray, precision: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The pool rows to label, their labels and the threshold: calibrated confidence above the
+    threshold that reaches ``precision`` on validation, at most ``CLASS_CAP`` x ``prior`` of them per
+    class (the most confident first). None when no threshold reaches it."""
+    vx, vy = val
+    logits_val = (vx @ fit.weight.T + fit.bias).cpu()
+    temperature = fit_temperature(logits_val.softmax(1).numpy(), vy.cpu().numpy())
+    pv = _probs(fit, vx, temperature).cpu().numpy()
+    threshold = confidence_threshold(pv.max(1), pv.argmax(1) == vy.cpu().numpy(), precision)
+    if threshold is None:
+        return None
+    pp = _probs(fit, pool, temperature).cpu().numpy()
+    conf, label = pp.max(1), pp.argmax(1)
+    above = conf >= threshold
+    total = int(above.sum())
+    keep = []
+    for c, share in enumerate(prior):
+        rows = np.flatnonzero(above & (label == c))
+        rows = rows[np.argsort(-conf[rows], kind="stable")]
+        keep.append(rows[:int(np.ceil(CLASS_CAP * share * total))])
+    rows = np.sort(np.concatenate(keep)).astype(np.int64)
+    return rows, label[rows], threshold
+
+
+def self_train(x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], pool: torch.Tensor,
+               rounds: int = 3, precision: float = 0.95, views: int = 1,
+               balanced: bool = False) -> tuple[LinearFit, list[Round], int]:
+    """Self-train the probe: ``x`` (views * N, F) with labels ``y`` (view-major rows, ``views`` per
+    image), ``val`` (features, labels) for C, calibration and the choice of round, ``pool`` (M, F)
+    unlabelled features. Returns the fit kept, every round, and the index of the kept one."""
+    fit = fit_logreg(x, y, val=val, balanced=balanced)
+    classes = fit.weight.shape[0]
+    prior = np.bincount(y.cpu().numpy(), minlength=classes) / len(y)
+
+    def accuracy(f: LinearFit) -> float:
+        return float(((val[0] @ f.weight.T + f.bias).argmax(1) == val[1]).float().mean())
+
+    history = [Round(0, 0, 1.0, accuracy(fit), fit.C)]
+    fits, current = [fit], fit
+    for r in range(1, rounds + 1):
+        chosen = pseudo_labels(current, val, pool, prior, precision)
+        if chosen is None:
+            break
+        rows, labels, threshold = chosen
+        index = torch.as_tensor(rows, device=pool.device)
+        # Labelled images count once however many views they have; each pseudo-label counts once.
+        weight = torch.cat([torch.full((len(y),), 1.0 / views), torch.ones(len(rows))]).to(x.device)
+        current = fit_logreg(torch.cat([x, pool[index]]), torch.cat([y, torch.as_tensor(labels).to(y.device)]),
+                             val=val, balanced=balanced, sample_weight=weight)
+        fits.append(current)
+        history.append(Round(r, len(rows), threshold, accuracy(current), current.C))
+    kept = max(range(len(history)), key=lambda i: (history[i].val_acc, -i))
+    return fits[kept], history, kept
