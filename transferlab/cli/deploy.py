@@ -1,9 +1,10 @@
-"""``transferlab predict`` and ``export``: use and ship a trained run."""
+"""``transferlab predict``, ``suggest`` and ``export``: use and ship a trained run."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..inference.export import export_model
 from ..inference.predict import predict
@@ -23,6 +24,18 @@ def run_predict(args: argparse.Namespace) -> None:
                   markup=False, highlight=False)
 
 
+def run_suggest(args: argparse.Namespace) -> None:
+    """Write the pool images to label next (CSV in the label format, and a contact sheet)."""
+    from ..inference.suggest import suggest
+
+    out_csv = args.out or str(Path(args.run_dir) / "suggestions.csv")
+    chosen = suggest(args.run_dir, args.unlabelled, args.count, out_csv, args.strategy, quiet=args.quiet)
+    for k, s in enumerate(chosen, 1):
+        out.print(f"{k:3d}. {s.path}\t(guess {s.guess}, {s.confidence:.0%})", markup=False, highlight=False)
+    out.print(f"wrote {out_csv} and {Path(out_csv).with_suffix('.html')}: fill in the label column of the "
+              f"{len(chosen)} rows without one and pass the file back with --data", markup=False, highlight=False)
+
+
 def run_export(args: argparse.Namespace) -> None:
     """Write ONNX or TorchScript, checked against PyTorch."""
     path, diff = export_model(args.run_dir, args.format, args.out, args.strategy)
@@ -39,6 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", help="use this strategy's model instead of the winner")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_predict, subparser=p)
+
+    g = sub.add_parser("suggest", help="the unlabelled images to label next (a CSV to fill in and a contact sheet)")
+    g.add_argument("run_dir")
+    g.add_argument("--unlabelled", required=True, help="a folder of unlabelled images (any nesting), or a CSV whose "
+                                                        "rows with an empty label are unlabelled")
+    g.add_argument("--count", type=number(int, 1), default=20, help="images to suggest (default: 20)")
+    g.add_argument("--strategy", help="use this strategy's model instead of the winner")
+    g.add_argument("--out", help="the CSV to write (default: RUN_DIR/suggestions.csv; the sheet beside it)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    g.set_defaults(handler=run_suggest, subparser=g)
 
     e = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (with a parity check)")
     e.add_argument("run_dir")

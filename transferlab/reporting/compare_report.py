@@ -152,6 +152,28 @@ def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
                    plot_reliability(curves, f"{best}: test set", plots / "reliability.png"))
 
 
+def _unlabelled(summary: dict, metrics: dict, manifest: dict) -> Section | None:
+    """What the unlabelled images bought: self-train against the probe it starts from."""
+    pool = manifest["data"].get("unlabelled")
+    if not pool:
+        return None
+    text = (f"The unlabelled pool {pool['source']}: {pool['images']} images used, {pool['duplicates']} left out "
+            f"as copies of labelled images (or of each other), {pool['skipped']} unreadable.")
+    rows = None
+    if "self-train" in summary:
+        runs = [r for r in metrics["runs"] if r["strategy"] == "self-train"]
+        rows = [["strategy", "test accuracy", "val accuracy", "pseudo-labels used (per seed)"]]
+        for name in ("probe", "self-train"):
+            if name in summary:
+                used = ", ".join(str(r.get("details", {}).get("pseudo_labels", 0)) for r in runs) \
+                    if name == "self-train" else "-"
+                rows.append([name, _pct(summary[name]["test_acc"]), _pct(summary[name]["val_acc"]), used])
+        text += (" self-train labels the pool with the probe and fits again, round by round; it keeps a later "
+                 "round only when that round is clearly better than the probe on validation (0 pseudo-labels "
+                 "used: the probe itself was kept).")
+    return Section("What the unlabelled images bought", text, rows)
+
+
 def _how_run(manifest: dict) -> Section:
     data, machine = manifest["data"], manifest["machine"]
     rows = [["item", "value"], ["data", f"{data['name']} ({data['images']} images, {len(data['classes'])} classes)"],
@@ -197,6 +219,7 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
         _benefits(summary, history),
         *_winner_errors(out, metrics, manifest["data"]["classes"], images),
         _calibration(out, metrics, plots),
+        _unlabelled(summary, metrics, manifest),
         _how_run(manifest),
     ]
     html_path, _ = render(f"transferlab report: {manifest['data']['name']}", [s for s in sections if s], out)

@@ -123,12 +123,11 @@ class ScratchConfig(Settings):
 class SemiConfig(Settings):
     """unlabelled images: how self-train learns from the pool (--unlabelled)"""
 
-    self_train_rounds: int = option(3, "self-train: rounds of pseudo-labelling the pool and fitting again (the "
-                                       "round best on validation is kept; round 0 is the probe)", minimum=1,
-                                    maximum=20)
-    pseudo_precision: float = option(0.95, "self-train: keep pseudo-labels above the calibrated confidence at "
-                                           "which this share of validation images is right", minimum=0.5,
-                                     maximum=1)
+    self_train_rounds: int = option(5, "self-train: rounds of pseudo-labelling; round r of R labels the most "
+                                       "confident r/R of the pool (the round best on validation is kept when "
+                                       "clearly better than the probe)", minimum=1, maximum=20)
+    pseudo_precision: float = option(0.8, "self-train: no pseudo-label below the calibrated confidence at which "
+                                          "this share of validation images is right", minimum=0.5, maximum=1)
 
 
 @dataclass(frozen=True)

@@ -241,30 +241,33 @@ class StepRecipe:
     after_step: Callable[[], None] | None = None
 
 
-# An epoch of a tiny training set is several passes over it, each shuffled and augmented anew: at 5
-# images per class (25 images, one batch) an epoch of one step left finetune's warm-up head nearly
-# untrained, and when the whole-model phase then never beat it the run ended with that head (finetune
-# collapsed to 30-40% in some seeds on flower_photos; README).
-MIN_EPOCH_STEPS = 8
+# An epoch of the head on cached features is several passes over a tiny training set, each shuffled
+# (and over other cached views) anew: at 5 images per class (25 images, one batch) finetune's one-epoch
+# warm-up was one step, its head nearly untrained, and when the whole-model phase then never beat it
+# the run ended with that head (finetune fell to 30-40% in some seeds on flower_photos; README). Head
+# steps on cached features cost microseconds; phases that run the body keep one pass per epoch.
+MIN_HEAD_STEPS = 8
 
 
-def _epoch_batches(train: Batches, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _epoch_batches(train: Batches, generator: torch.Generator,
+                   min_steps: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The training batches of one epoch: one whole pass over ``train``, and for a set of fewer than
-    ``MIN_EPOCH_STEPS`` batches more passes until that many."""
+    ``min_steps`` batches more passes until that many."""
     steps = 0
     while True:
         before = steps
         for batch in train.batches(generator):
-            if before and steps >= MIN_EPOCH_STEPS:
+            if before and steps >= min_steps:
                 return
             steps += 1
             yield batch
-        if steps >= MIN_EPOCH_STEPS or steps == before:  # enough, or no examples at all
+        if steps >= min_steps or steps == before:  # enough, or no examples at all
             return
 
 
 def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer, precision: Precision,
-                 generator: torch.Generator, recipe: StepRecipe, data_parallel: bool = False) -> float:
+                 generator: torch.Generator, recipe: StepRecipe, data_parallel: bool = False,
+                 min_steps: int = 1) -> float:
     # ``model`` may be the compiled module (Precision.compiled) or its DDP wrapper: same parameters.
     """One pass over ``train``; the mean training loss. Nothing waits on the device until the end.
 
@@ -274,7 +277,7 @@ def _train_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimi
     gradient, however unevenly a batch divides."""
     total = torch.zeros((), dtype=torch.float64, device=precision.device)
     count, world = 0, distributed.world_size() if data_parallel else 1
-    for x, y in _epoch_batches(train, generator):
+    for x, y in _epoch_batches(train, generator, min_steps):
         n = len(y)
         if recipe.mix is not None:
             x, y = recipe.mix(x, y, generator)
@@ -379,7 +382,7 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             schedule_rates(optimizer, method, epoch)
             train_loss = _train_epoch(step_model, train, optimizer, ctx.precision,
                                       torch.Generator().manual_seed(seed_e),  # order and augmentation
-                                      recipe, ctx.data_parallel)
+                                      recipe, ctx.data_parallel, MIN_HEAD_STEPS if not phase.body_trainable else 1)
             if ctx.data_parallel:
                 distributed.sync_buffers(model)
             row = _validate(model, val, ctx, average)

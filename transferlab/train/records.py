@@ -26,6 +26,7 @@ class RunDetails:
         weights: an ensemble's members and their weights.
         pseudo_labels: self-train: the pool images labelled in the round kept (0: the probe's round).
         self_train_round: self-train: the round kept (best on validation).
+        pool_images: self-train: the unlabelled images it could learn from.
     """
 
     probe_C: float | None = None
@@ -37,6 +38,7 @@ class RunDetails:
     weights: dict[str, float] | None = None
     pseudo_labels: int | None = None
     self_train_round: int | None = None
+    pool_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The facts that are set, as plain values (JSON, a checkpoint)."""

@@ -145,7 +145,7 @@ def run_self_train(r: PhaseRun) -> list[dict[str, Any]]:
                                    m.precision, r.train.views, m.balanced)
     r.model.set_output(fit.weight, fit.bias)
     r.details.probe_C, r.details.self_train_round = fit.C, kept
-    r.details.pseudo_labels = rounds[kept].pseudo_labels
+    r.details.pseudo_labels, r.details.pool_images = rounds[kept].pseudo_labels, len(r.pool)
     val_loss, _ = evaluate(r.model, r.val, r.ctx.precision)
     seconds = (time.perf_counter() - t0) / len(rounds)
     return [{"phase": r.phase.name, "epoch": q.round + 1, "train_loss": float("nan"),

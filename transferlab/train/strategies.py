@@ -94,8 +94,8 @@ class SelfTrain:
         precision: the validation precision the pseudo-labels' confidence threshold must reach.
     """
 
-    rounds: int = 3
-    precision: float = 0.95
+    rounds: int = 5
+    precision: float = 0.8
     balanced: bool = False  # scikit-learn's class_weight="balanced"
 
 

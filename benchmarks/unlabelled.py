@@ -1,0 +1,177 @@
+"""What unlabelled images buy, at few labels: flower_photos with k labelled images per class kept from
+train, the rest of train and flower_photos_unlabelled as the pool (labels hidden), validation and test
+whole. Every strategy runs through ``train_one`` on the same prepared data, as ``sweep --unlabelled``
+does; the references run in the same process on the same subsets.
+
+    python benchmarks/unlabelled.py [--data ../shared/datasets/flower_photos]
+        [--pool ../shared/datasets/flower_photos_unlabelled] [--per-class 5,20,60] [--subsets 3]
+        [--strategies features,probe,self-train,finetune] [--references probe-cv,finetune-1step]
+        [--suggest] [--record rows.jsonl] [--out runs/bench-unlabelled]
+
+References:
+- probe-cv: the probe as it was, C by stratified cross-validation on the training images, centre
+  crops only (``fit_logreg`` without ``val``), on the same cached features.
+- finetune-1step: finetune with a head epoch of one pass whatever the training set's size (the
+  engine's ``MIN_HEAD_STEPS`` set to 1), as before the minimum was added.
+- suggest (``--suggest``): a simulated labeller who knows train's labels. From 2 labelled images per
+  class, 5 rounds of 10 more: chosen by ``train.acquisition.choose_to_label`` (the probe's calibrated
+  probabilities, pretrained features) against chosen at random; the probe (C on validation) trained on
+  each after the last round. The pool is the rest of train.
+
+Printed: a row per run as it ends, then test accuracy per strategy and size, mean +- 95% CI (t) over
+the subsets, and what kind of CPU (native bf16 or not) it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.data import load_dataset, make_splits
+from transferlab.data.pool import attach_pool
+from transferlab.data.splits import per_class_subset
+from transferlab.experiments.results import mean_ci
+from transferlab.models import TransferModel, create_backbone
+from transferlab.runtime.device import bf16_native
+from transferlab.train import TrainConfig, engine, prepare, train_one
+from transferlab.train.acquisition import choose_to_label
+from transferlab.train.calibration import fit_temperature
+from transferlab.train.features import FeatureStore, ImageSource
+from transferlab.train.probe import fit_logreg
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _features(prep, views: int) -> torch.Tensor:
+    """Pretrained pooled features (views, N, F) of every image (the feature cache the strategies share)."""
+    bb = create_backbone(TrainConfig().model.backbone, pretrained=True)
+    model = TransferModel(bb, len(prep.dataset.classes))
+    prep.precision.to_model(model)
+    store = FeatureStore(bb, prep.dataset, bf16=prep.precision.bf16)
+    images = ImageSource(prep.images, prep.data_config, prep.precision, 64)
+    return store.get(model, images, np.arange(len(prep.dataset)), views)
+
+
+def _accuracy(fit, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((x @ fit.weight.T + fit.bias).argmax(1) == y).float().mean())
+
+
+def _probe_cv(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, test: np.ndarray, seed: int) -> float:
+    fit = fit_logreg(feats[0, train], labels[train], seed)
+    return _accuracy(fit, feats[0, test], labels[test])
+
+
+def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int) -> list[dict]:
+    """Active learning with a simulated labeller: suggested against random, the probe after each round."""
+    splits = prep.splits
+    val = (feats[0, splits["val"]], labels[splits["val"]])
+    rows = []
+    for seed in range(subsets):
+        for method in ("suggest", "random"):
+            rng = np.random.default_rng(seed)
+            chosen = list(per_class_subset(splits["train"], prep.dataset.labels, 2, seed=seed))
+            accs = []
+            for step in range(6):
+                fit = fit_logreg(feats[0, chosen], labels[chosen], val=val)
+                accs.append(_accuracy(fit, feats[0, splits["test"]], labels[splits["test"]]))
+                if step == 5:
+                    break
+                rest = np.setdiff1d(splits["train"], chosen)
+                if method == "random":
+                    chosen += rng.choice(rest, 10, replace=False).tolist()
+                    continue
+                t = fit_temperature((val[0] @ fit.weight.T + fit.bias).softmax(1).numpy(), val[1].numpy())
+                probs = ((feats[0, rest] @ fit.weight.T + fit.bias) / t).softmax(1).numpy()
+                picked = choose_to_label(feats[0, rest].numpy(), probs, feats[0, chosen].numpy(), 10, seed)
+                chosen += rest[picked].tolist()
+            rows.append({"study": "suggest", "method": method, "subset": seed, "test_acc": accs})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(SHARED / "flower_photos"))
+    p.add_argument("--pool", default=str(SHARED / "flower_photos_unlabelled"))
+    p.add_argument("--per-class", default="5,20,60")
+    p.add_argument("--subsets", type=int, default=3)
+    p.add_argument("--strategies", default="features,probe,self-train,finetune")
+    p.add_argument("--references", default="probe-cv", help="probe-cv, finetune-1step (comma-separated, or none)")
+    p.add_argument("--suggest", action="store_true", help="also the active-learning study")
+    p.add_argument("--record", help="append every row to this JSONL file")
+    p.add_argument("--out", default="runs/bench-unlabelled")
+    args = p.parse_args(argv)
+
+    config = TrainConfig()
+    ds = load_dataset(args.data)
+    base = make_splits(ds)
+    prep = prepare(attach_pool(ds, args.pool, args.data), base, config, quiet=False)
+    native = bf16_native(torch.device("cpu"))
+    print(f"pool: {prep.pool}; CPU native bf16: {native}; precision: {prep.precision.describe()}", flush=True)
+    feats = _features(prep, config.augment.views)
+    labels = torch.as_tensor(prep.dataset.labels)
+    rows: list[dict] = []
+    strategies = [s for s in args.strategies.split(",") if s]
+    references = [r for r in args.references.split(",") if r and r != "none"]
+    for k in map(int, args.per_class.split(",")):
+        for s in range(args.subsets):
+            train = per_class_subset(base["train"], ds.labels, k, seed=s)
+            splits = {**prep.splits, "train": train,
+                      "pool": np.concatenate([np.setdiff1d(base["train"], train), prep.splits["pool"]])}
+            sub = replace(prep, splits=splits)
+            for name in strategies + references:
+                t0 = time.perf_counter()
+                if name == "probe-cv":
+                    acc = _probe_cv(feats, labels, train, splits["test"], s)
+                else:
+                    steps = engine.MIN_HEAD_STEPS
+                    if name == "finetune-1step":
+                        engine.MIN_HEAD_STEPS = 1
+                    try:
+                        res = train_one(sub, config, name.removesuffix("-1step"), s,
+                                        Path(args.out) / f"n{k}" / f"s{s}" / name, resume=True, quiet=True)
+                    finally:
+                        engine.MIN_HEAD_STEPS = steps
+                    acc = res.test_acc
+                rows.append({"per_class": k, "subset": s, "strategy": name, "test_acc": acc,
+                             "seconds": time.perf_counter() - t0})
+                print(json.dumps(rows[-1]), flush=True)
+                if args.record:
+                    with open(args.record, "a") as f:
+                        f.write(json.dumps(rows[-1]) + "\n")
+    _print_table(rows)
+    if args.suggest:
+        study = _suggest_study(prep, feats, labels, args.subsets)
+        for method in ("suggest", "random"):
+            accs = np.array([r["test_acc"] for r in study if r["method"] == method]) * 100
+            m, ci = mean_ci(list(accs[:, -1]))
+            print(f"{method}: per round {' '.join(f'{a:.1f}' for a in accs.mean(0))}; last {m:.1f} +- {ci:.1f}")
+        if args.record:
+            with open(args.record, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in study)
+
+
+def _print_table(rows: list[dict]) -> None:
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    sizes = sorted({r["per_class"] for r in rows})
+    print("\n| per class | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for k in sizes:
+        cells = []
+        for n in names:
+            accs = [r["test_acc"] * 100 for r in rows if r["per_class"] == k and r["strategy"] == n]
+            m, ci = mean_ci(accs) if accs else (float("nan"), float("nan"))
+            secs = np.median([r["seconds"] for r in rows if r["per_class"] == k and r["strategy"] == n])
+            cells.append(f"{m:.1f} +- {ci:.1f} ({secs:.0f} s)")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
