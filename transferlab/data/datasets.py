@@ -70,10 +70,15 @@ class ImageDataset:
             return Image.fromarray(self.arrays[i])
         return open_rgb(self.paths[i], draft_size)
 
+    @property
+    def labelled_labels(self) -> np.ndarray:
+        """The labels of the labelled images (those of an appended unlabelled pool, -1, left out)."""
+        return self.labels[self.labels >= 0]
+
     def counts(self) -> dict[str, int]:
         """Labelled images per class."""
-        labelled = self.labels[self.labels >= 0]
-        return {c: int(n) for c, n in zip(self.classes, np.bincount(labelled, minlength=len(self.classes)))}
+        return {c: int(n) for c, n in zip(self.classes, np.bincount(self.labelled_labels,
+                                                                  minlength=len(self.classes)))}
 
     def imbalance_warning(self) -> str | None:
         """A warning when the largest class has more than ``IMBALANCE`` times the images of the smallest."""
@@ -182,16 +187,22 @@ def label_hash(fingerprint: str, labels: np.ndarray, extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def report_unreadable(bad: dict[str, str], where: str, strict: bool, what: str = "") -> None:
+    """Unreadable images (file -> reason): an error listing them with ``strict``, else a warning each;
+    ``what`` says which images they were ("unlabelled pool")."""
+    if bad and strict:
+        listing = "\n".join(f"  {f}: {r}" for f, r in bad.items())
+        raise DataError(f"{len(bad)} unreadable image(s) in {where} (--strict):\n{listing}")
+    for f, reason in bad.items():
+        warnings.warn(f"skipped {shown_path(f)}{f' ({what})' if what else ''}: {reason}", DataWarning, stacklevel=4)
+
+
 def files_dataset(name: str, root: Path, entries: list[tuple[Path, str, str | None]],
                    classes: list[str], strict: bool) -> ImageDataset:
     """Build a dataset from ``(file, class, split or None)`` entries, skipping unreadable images."""
     files = [e[0] for e in entries]
     fingerprint, bad = _scan(files, root)
-    if bad and strict:
-        listing = "\n".join(f"  {f}: {r}" for f, r in bad.items())
-        raise DataError(f"{len(bad)} unreadable image(s) in {root} (--strict):\n{listing}")
-    for f, reason in bad.items():
-        warnings.warn(f"skipped {shown_path(f)}: {reason}", DataWarning, stacklevel=3)
+    report_unreadable(bad, str(root), strict)
     kept = [e for e in entries if str(e[0]) not in bad]
     present = {c for _, c, _ in kept}
     for c in classes:

@@ -12,14 +12,13 @@ it without a second mechanism. Pool images whose pixels equal those of a labelle
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import DataError
-from .datasets import DataWarning, ImageDataset, _image_files, _scan, label_hash, shown_path
+from .datasets import ImageDataset, _image_files, _scan, label_hash, report_unreadable, shown_path
 from .labelfile import read_label_rows
 
 UNLABELLED = -1  # the label of a pool image in a dataset with a pool
@@ -77,15 +76,11 @@ def load_pool(spec: str | Path, data_source: str = "", strict: bool = False) -> 
     _check_not_labelled(path, data_source)
     files, root = _pool_files(path)
     fingerprint, bad = _scan(files, root)
-    if bad and strict:
-        listing = "\n".join(f"  {f}: {r}" for f, r in bad.items())
-        raise DataError(f"{len(bad)} unreadable image(s) in the pool {path} (--strict):\n{listing}")
     kept = [f for f in files if str(f) not in bad]
     if not kept:
         raise DataError(f"none of the {len(files)} image(s) of the pool {path} can be read "
                         f"(first: {shown_path(next(iter(bad)))}: {next(iter(bad.values()))}); fix or replace them")
-    for f, reason in bad.items():
-        warnings.warn(f"skipped {shown_path(f)} (unlabelled pool): {reason}", DataWarning, stacklevel=2)
+    report_unreadable(bad, f"the pool {path}", strict, "unlabelled pool")
     labels = np.full(len(kept), UNLABELLED, dtype=np.int64)
     return ImageDataset(str(path), [], labels, paths=kept, skipped=sorted(bad.items()),
                         fingerprint=label_hash(fingerprint, labels, "pool"))

@@ -67,7 +67,7 @@ def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray])
         try:
             with np.load(folder.splits, allow_pickle=False) as saved:
                 same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
-                    np.array_equal(saved["labels"], ds.labels[ds.labels >= 0])
+                    np.array_equal(saved["labels"], ds.labelled_labels)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(folder.splits, str(exc)) from None
         if not same:
@@ -190,7 +190,7 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
     prep = prepare(ds, splits, exp.train, quiet=quiet)
     if is_main():
         with atomic_path(ResultsFolder(out).splits) as tmp:
-            np.savez(tmp, labels=ds.labels[ds.labels >= 0], **prep.splits)
+            np.savez(tmp, labels=ds.labelled_labels, **prep.splits)
     return prep
 
 

@@ -107,7 +107,7 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
     write_json(folder.manifest, {
         "command": command, "versions": _versions(), "seeds": list(range(exp.compare.seeds)),
         "split_seed": exp.data.split_seed,
-        "data": {"name": ds.name, "images": int((ds.labels >= 0).sum()), "classes": ds.classes,
+        "data": {"name": ds.name, "images": len(ds.labelled_labels), "classes": ds.classes,
                  "fingerprint": ds.fingerprint, "unlabelled": prep.pool.to_dict() if prep.pool else None,
                  "counts": ds.counts(), "imbalance_warning": ds.imbalance_warning(),
                  "splits": {k: len(v) for k, v in prep.splits.items()},

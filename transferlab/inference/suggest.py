@@ -92,9 +92,7 @@ def suggest(run_dir: str | Path, unlabelled: str | Path, count: int = 20, out: s
 
 def _write_csv(path: Path, prep: Prepared, chosen: list[Suggestion]) -> None:
     """The labelled images (label, split) and the suggestions (no label, split train), in the label format."""
-    ds = prep.dataset
-    if ds.paths is None:
-        raise TransferlabError(f"{ds.name} is held in memory; suggest needs labelled images from files")
+    ds = prep.dataset  # from files: attach_pool refuses a data set held in memory
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "guess", "confidence"])

@@ -45,7 +45,7 @@ class Round:
 
 
 def _probs(fit: LinearFit, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    return ((x @ fit.weight.T + fit.bias) / temperature).softmax(1)
+    return (fit.logits(x) / temperature).softmax(1)
 
 
 def confidence_threshold(conf: np.ndarray, right: np.ndarray, precision: float) -> float | None:
@@ -63,7 +63,7 @@ def pseudo_labels(fit: LinearFit, val: tuple[torch.Tensor, torch.Tensor], pool: 
     confident ``share * prior[c]`` of the pool predicted ``c``, above the calibrated confidence at which
     validation reaches ``precision``. None when no confidence reaches it."""
     vx, vy = val
-    logits_val = (vx @ fit.weight.T + fit.bias).cpu()
+    logits_val = fit.logits(vx).cpu()
     temperature = fit_temperature(logits_val.softmax(1).numpy(), vy.cpu().numpy())
     pv = _probs(fit, vx, temperature).cpu().numpy()
     floor = confidence_threshold(pv.max(1), pv.argmax(1) == vy.cpu().numpy(), precision)
@@ -91,7 +91,7 @@ def self_train(x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.
     prior = np.bincount(y.cpu().numpy(), minlength=classes) / len(y)
 
     def right(f: LinearFit) -> np.ndarray:
-        return ((val[0] @ f.weight.T + f.bias).argmax(1) == val[1]).cpu().numpy()
+        return (f.logits(val[0]).argmax(1) == val[1]).cpu().numpy()
 
     def accuracy(f: LinearFit) -> float:
         return float(right(f).mean())
