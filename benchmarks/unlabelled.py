@@ -7,10 +7,13 @@ does; the references run in the same process on the same subsets.
         [--pool ../shared/datasets/flower_photos_unlabelled] [--per-class 5,20,60] [--subsets 3]
         [--strategies features,probe,self-train,finetune] [--references probe-cv,finetune-1step]
         [--suggest] [--record rows.jsonl] [--out runs/bench-unlabelled]
+        [--surrogate-objective simclr|exemplar] [--surrogate-size PX] [--surrogate-minutes M]
 
 References:
 - probe-cv: the probe as it was, C by stratified cross-validation on the training images, centre
   crops only (``fit_logreg`` without ``val``), on the same cached features.
+- scratch, when surrogate strategies run too, gets their time (pretraining included) as its budget:
+  equal compute.
 - finetune-1step: finetune with a head epoch of one pass whatever the training set's size (the
   engine's ``MIN_HEAD_STEPS`` set to 1), as before the minimum was added.
 - suggest (``--suggest``): a simulated labeller who knows train's labels. From 2 labelled images per
@@ -37,12 +40,14 @@ import torch
 from transferlab.data import load_dataset, make_splits
 from transferlab.data.pool import attach_pool
 from transferlab.data.splits import per_class_subset
+from transferlab.experiments.compare import compute_seconds
 from transferlab.experiments.results import mean_ci
 from transferlab.models import TransferModel, create_backbone
 from transferlab.runtime.device import bf16_native
 from transferlab.train import TrainConfig, engine, prepare, train_one
 from transferlab.train.acquisition import choose_to_label
 from transferlab.train.calibration import fit_temperature
+from transferlab.train.config import SemiConfig
 from transferlab.train.features import FeatureStore, ImageSource
 from transferlab.train.probe import fit_logreg
 
@@ -107,9 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--suggest", action="store_true", help="also the active-learning study")
     p.add_argument("--record", help="append every row to this JSONL file")
     p.add_argument("--out", default="runs/bench-unlabelled")
+    p.add_argument("--surrogate-objective", default=SemiConfig().surrogate_objective)
+    p.add_argument("--surrogate-size", type=int, default=SemiConfig().surrogate_size)
+    p.add_argument("--surrogate-minutes", type=float, default=SemiConfig().surrogate_minutes)
     args = p.parse_args(argv)
 
-    config = TrainConfig()
+    config = TrainConfig(semi=SemiConfig(surrogate_objective=args.surrogate_objective,
+                                         surrogate_size=args.surrogate_size, surrogate_minutes=args.surrogate_minutes))
     ds = load_dataset(args.data)
     base = make_splits(ds)
     prep = prepare(attach_pool(ds, args.pool, args.data), base, config, quiet=False)
@@ -126,22 +135,30 @@ def main(argv: list[str] | None = None) -> None:
             splits = {**prep.splits, "train": train,
                       "pool": np.concatenate([np.setdiff1d(base["train"], train), prep.splits["pool"]])}
             sub = replace(prep, splits=splits)
-            for name in strategies + references:
+            done = []
+            # scratch last: its budget is the surrogate runs' time
+            for name in sorted(strategies + references, key=lambda n: n == "scratch"):
                 t0 = time.perf_counter()
                 if name == "probe-cv":
-                    acc = _probe_cv(feats, labels, train, splits["test"], s)
+                    acc, compute = _probe_cv(feats, labels, train, splits["test"], s), None
                 else:
                     steps = engine.MIN_HEAD_STEPS
                     if name == "finetune-1step":
                         engine.MIN_HEAD_STEPS = 1
+                    # scratch at equal compute: the time of the surrogate runs of this subset (their
+                    # pretraining included, cached or not), as compare gives it the pretrained ones'
+                    budget = max((compute_seconds(r) for r in done if r.strategy == "surrogate"),
+                                 default=None) if name == "scratch" else None
                     try:
                         res = train_one(sub, config, name.removesuffix("-1step"), s,
-                                        Path(args.out) / f"n{k}" / f"s{s}" / name, resume=True, quiet=True)
+                                        Path(args.out) / f"n{k}" / f"s{s}" / name, resume=True, quiet=True,
+                                        budget=budget)
+                        done.append(res)
                     finally:
                         engine.MIN_HEAD_STEPS = steps
-                    acc = res.test_acc
+                    acc, compute = res.test_acc, compute_seconds(res)
                 rows.append({"per_class": k, "subset": s, "strategy": name, "test_acc": acc,
-                             "seconds": time.perf_counter() - t0})
+                             "seconds": time.perf_counter() - t0, "compute_s": compute})
                 print(json.dumps(rows[-1]), flush=True)
                 if args.record:
                     with open(args.record, "a") as f:

@@ -200,8 +200,18 @@ def _equal_compute(config: TrainConfig) -> bool:
 
 
 def _pretrained(strategy: str, config: TrainConfig) -> bool:
+    """Whether ``strategy`` brings a prior of its own (ImageNet weights or a surrogate pretraining), so
+    that scratch is timed against it rather than the other way round."""
     spec = backbone_spec(config.model.backbone, config.model.image_size)
-    return build_strategy(strategy, spec.groups, config).pretrained
+    built = build_strategy(strategy, spec.groups, config)
+    return built.pretrained or built.self_supervised
+
+
+def compute_seconds(result: RunResult) -> float:
+    """The training time a run's result stands for: its own, plus the surrogate pretraining when that
+    came from the cache (another run paid for it, but this result needs it all the same)."""
+    d = result.details
+    return result.seconds + (d.surrogate_seconds or 0.0 if d.surrogate_cached else 0.0)
 
 
 def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:
@@ -210,5 +220,6 @@ def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], confi
     together); None (no limit) when no pretrained run was trained, or when a budget is given."""
     if not _equal_compute(config) or _pretrained(strategy, config):
         return None
-    times = [r.seconds for r in done if r.seed == seed and r.strategy != ENSEMBLE and _pretrained(r.strategy, config)]
+    times = [compute_seconds(r) for r in done
+             if r.seed == seed and r.strategy != ENSEMBLE and _pretrained(r.strategy, config)]
     return max(times) if times else None

@@ -152,26 +152,44 @@ def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
                    plot_reliability(curves, f"{best}: test set", plots / "reliability.png"))
 
 
+# Each strategy that learns from the pool, beside the labelled-only strategy it is measured against.
+POOL_PAIRS = (("probe", "self-train"), ("scratch", "surrogate"), ("finetune", "surrogate-imagenet"))
+
+
+def _pool_use(name: str, runs: list[dict]) -> str:
+    """What the runs of ``name`` took from the pool, per seed."""
+    details = [r.get("details", {}) for r in runs if r["strategy"] == name]
+    if name == "self-train":
+        return "pseudo-labels: " + ", ".join(str(d.get("pseudo_labels", 0)) for d in details)
+    if name.startswith("surrogate") and details:
+        d = details[0]
+        return (f"body pretrained {d.get('surrogate_epochs', '?')} epochs ({d.get('surrogate_seconds', 0):.0f} s, "
+                "shared by its seeds)")
+    return "-"
+
+
 def _unlabelled(summary: dict, metrics: dict, manifest: dict) -> Section | None:
-    """What the unlabelled images bought: self-train against the probe it starts from."""
+    """What the unlabelled images bought: each strategy that learns from the pool against the labelled-only
+    strategy it builds on."""
     pool = manifest["data"].get("unlabelled")
     if not pool:
         return None
     text = (f"The unlabelled pool {pool['source']}: {pool['images']} images used, {pool['duplicates']} left out "
             f"as copies of labelled images (or of each other), {pool['skipped']} unreadable.")
-    rows = None
+    rows = [["strategy", "test accuracy", "val accuracy", "from the unlabelled images"]]
+    for base, learner in POOL_PAIRS:
+        if learner in summary:
+            rows += [[name, _pct(summary[name]["test_acc"]), _pct(summary[name]["val_acc"]),
+                      _pool_use(name, metrics["runs"])] for name in (base, learner) if name in summary]
     if "self-train" in summary:
-        runs = [r for r in metrics["runs"] if r["strategy"] == "self-train"]
-        rows = [["strategy", "test accuracy", "val accuracy", "pseudo-labels used (per seed)"]]
-        for name in ("probe", "self-train"):
-            if name in summary:
-                used = ", ".join(str(r.get("details", {}).get("pseudo_labels", 0)) for r in runs) \
-                    if name == "self-train" else "-"
-                rows.append([name, _pct(summary[name]["test_acc"]), _pct(summary[name]["val_acc"]), used])
         text += (" self-train labels the pool with the probe and fits again, round by round; it keeps a later "
                  "round only when that round is clearly better than the probe on validation (0 pseudo-labels "
                  "used: the probe itself was kept).")
-    return Section("What the unlabelled images bought", text, rows)
+    if any(n.startswith("surrogate") for n in summary):
+        text += (" The surrogate strategies pretrain the body on a self-supervised task over the training and "
+                 "pool images, labels unused (surrogate from random weights, against scratch; surrogate-imagenet "
+                 "from ImageNet's, against finetune), then run finetune's phases.")
+    return Section("What the unlabelled images bought", text, rows if len(rows) > 1 else None)
 
 
 def _how_run(manifest: dict) -> Section:

@@ -27,11 +27,15 @@ def read_history(out: Path) -> list[dict[str, Any]]:
 def curve(history: list[dict[str, Any]], strategy: str, seed: int = 0) -> dict[str, np.ndarray]:
     """Validation accuracy per epoch (counted across phases) and cumulative seconds, with phase starts."""
     rows = [r for r in history if r["strategy"] == strategy and r["seed"] == seed]
+    # A phase without a validation score (surrogate pretraining: no head yet) is no point of the
+    # curve, but its time is on the clock of the points after it.
+    seconds = np.cumsum([r["seconds"] for r in rows])
+    scored = [i for i, r in enumerate(rows) if np.isfinite(r["val_acc"])]
+    rows, seconds = [rows[i] for i in scored], seconds[scored]
     phases = [r["phase"] for r in rows]
     starts = [i for i in range(1, len(rows)) if phases[i] != phases[i - 1]]
     return {"epoch": np.arange(1, len(rows) + 1), "val_acc": np.array([r["val_acc"] for r in rows]),
-            "seconds": np.cumsum([r["seconds"] for r in rows]), "phase_starts": np.array(starts, dtype=int),
-            "phases": phases}
+            "seconds": seconds, "phase_starts": np.array(starts, dtype=int), "phases": phases}
 
 
 def transfer_benefits(history: list[dict[str, Any]], pretrained: str) -> dict[str, dict[str, float]]:

@@ -121,13 +121,26 @@ class ScratchConfig(Settings):
 
 @dataclass(frozen=True)
 class SemiConfig(Settings):
-    """unlabelled images: how self-train learns from the pool (--unlabelled)"""
+    """unlabelled images: self-train's pseudo-labels on the pool (--unlabelled) and the surrogate pretraining"""
 
     self_train_rounds: int = option(5, "self-train: rounds of pseudo-labelling; round r of R labels the most "
                                        "confident r/R of the pool (the round best on validation is kept when "
                                        "clearly better than the probe)", minimum=1, maximum=20)
     pseudo_precision: float = option(0.8, "self-train: no pseudo-label below the calibrated confidence at which "
                                           "this share of validation images is right", minimum=0.5, maximum=1)
+    surrogate_objective: str = option("exemplar", "surrogate: the self-supervised task the body learns on the "
+                                                  "training and unlabelled images before the finetune recipe: "
+                                                  "exemplar (every image a class of its own, its augmented views "
+                                                  "the examples) or simclr (contrastive, two views per image)",
+                                      choices=("exemplar", "simclr"))
+    surrogate_size: int = option(64, "surrogate: side of the pretraining views in pixels (low, so that it fits a "
+                                     "CPU)", minimum=16, maximum=1024)
+    surrogate_epochs: int = option(40, "surrogate: pretraining passes over the images (fewer when "
+                                       "--surrogate-minutes would not hold them)", minimum=1)
+    surrogate_minutes: float = option(8.0, "surrogate: training time the pretraining may take; the body is cached "
+                                            "and shared by every run that needs it", minimum=0.01)
+    surrogate_lr: float = option(2e-3, "surrogate: AdamW's peak rate of the pretraining from random weights "
+                                       "(surrogate-imagenet uses a tenth)", minimum=1e-8)
 
 
 @dataclass(frozen=True)

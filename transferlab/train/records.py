@@ -26,7 +26,9 @@ class RunDetails:
         weights: an ensemble's members and their weights.
         pseudo_labels: self-train: the pool images labelled in the round kept (0: the probe's round).
         self_train_round: self-train: the round kept (best on validation).
-        pool_images: self-train: the unlabelled images it could learn from.
+        pool_images: self-train and surrogate: the unlabelled images it could learn from.
+        surrogate_epochs, surrogate_seconds: surrogate: the pretraining's epochs and training time.
+        surrogate_cached: surrogate: the body came from the cache (another run pretrained it).
     """
 
     probe_C: float | None = None
@@ -39,6 +41,9 @@ class RunDetails:
     pseudo_labels: int | None = None
     self_train_round: int | None = None
     pool_images: int | None = None
+    surrogate_epochs: int | None = None
+    surrogate_seconds: float | None = None
+    surrogate_cached: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The facts that are set, as plain values (JSON, a checkpoint)."""

@@ -148,7 +148,8 @@ class PhaseInputs:
 
     def pool_for(self, phase: Phase, pristine: bool) -> Batches | None:
         """The centre views of the unlabelled pool at ``phase``'s level, for runners that learn from it."""
-        if not runner_for(phase).pool:
+        runner = runner_for(phase)
+        if not runner.pool or (runner.pool_optional and "pool" not in self.prep.splits):
             return None
         if "pool" not in self.prep.splits:
             raise DataError(f"{phase.name} learns from unlabelled images: pass --unlabelled PATH")

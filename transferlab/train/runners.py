@@ -8,16 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.heads import TransferModel
-from .batches import Batches, TensorBatches
+from .batches import Batches, ImageBatches, TensorBatches
 from .config import BatchNormPolicy
 from .engine import PhaseContext, evaluate, fit_phase
 from .probe import fit_probe
 from .records import RunDetails
 from .selftrain import self_train
-from .strategies import Gradient, Phase, Probe, SelfTrain
+from .strategies import Gradient, Phase, Probe, SelfTrain, Surrogate
+from .surrogate import pretrained_body
 
 
 @dataclass
@@ -45,22 +47,24 @@ class Runner:
         run: does the phase, returns its history rows.
         augmented: whether it trains on augmented views of cached inputs (else the centre view only).
         pool: whether it learns from the unlabelled pool (its centre views at the phase's level).
+        pool_optional: it learns from the pool when there is one, and from the training images alone otherwise.
     """
 
     run: Callable[[PhaseRun], list[dict[str, Any]]]
     augmented: bool
     pool: bool = False
+    pool_optional: bool = False
 
 
 RUNNERS: dict[type, Runner] = {}
 
 
-def register_runner(method: type, augmented: bool, pool: bool = False) -> Callable:
+def register_runner(method: type, augmented: bool, pool: bool = False, pool_optional: bool = False) -> Callable:
     """Decorator registering the runner of phases whose method is a ``method``."""
     def wrap(fn: Callable[[PhaseRun], list[dict[str, Any]]]) -> Callable:
         if method in RUNNERS:
             raise ValueError(f"a runner for {method.__name__} is already registered")
-        RUNNERS[method] = Runner(fn, augmented, pool)
+        RUNNERS[method] = Runner(fn, augmented, pool, pool_optional)
         return fn
     return wrap
 
@@ -151,3 +155,22 @@ def run_self_train(r: PhaseRun) -> list[dict[str, Any]]:
     return [{"phase": r.phase.name, "epoch": q.round + 1, "train_loss": float("nan"),
              "val_loss": val_loss if q.round == kept else float("nan"), "val_acc": q.val_acc, "seconds": seconds}
             for q in rounds]
+
+
+@register_runner(Surrogate, augmented=False, pool=True, pool_optional=True)
+def run_surrogate(r: PhaseRun) -> list[dict[str, Any]]:
+    """The body pretrained on the surrogate task over the training and pool images (from the cache when
+    another run already did it) and loaded into the model; one history row, without a validation score
+    (the head is not trained yet)."""
+    if not isinstance(r.train, ImageBatches) or not (r.pool is None or isinstance(r.pool, ImageBatches)):
+        raise TypeError("surrogate pretraining works on the images")
+    t0 = time.perf_counter()
+    images = r.train.indices if r.pool is None else np.concatenate([r.train.indices, r.pool.indices])
+    state, info, cached = pretrained_body(r.phase.method.settings, r.train.images, images, r.train.data_config,
+                                          r.ctx.precision, r.ctx.quiet)
+    r.model.body.load_state_dict(state)
+    r.details.surrogate_epochs, r.details.surrogate_seconds = info.epochs, round(info.seconds, 1)
+    r.details.surrogate_cached, r.details.pool_images = cached, None if r.pool is None else len(r.pool)
+    r.improved = True
+    return [{"phase": r.phase.name, "epoch": 1, "train_loss": info.losses[-1] if info.losses else float("nan"),
+             "val_loss": float("nan"), "val_acc": float("nan"), "seconds": time.perf_counter() - t0}]

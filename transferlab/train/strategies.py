@@ -22,6 +22,7 @@ from ..core.errors import TransferlabError
 from ..core.registry import Registry
 from ..models.heads import HEAD
 from .config import BatchNormPolicy, TrainConfig
+from .surrogate import SurrogateSettings
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,18 @@ class SelfTrain:
 
 
 @dataclass(frozen=True)
+class Surrogate:
+    """How a phase pretrains the body on a self-supervised task over the training and pool images,
+    labels unused (``train.surrogate``; the pretrained body is cached and shared).
+
+    Attributes:
+        settings: the objective, start, resolution, epochs, time and rate of the pretraining.
+    """
+
+    settings: SurrogateSettings = field(default_factory=SurrogateSettings)
+
+
+@dataclass(frozen=True)
 class Phase:
     """One stretch of training with a fixed set of trainable parts.
 
@@ -111,7 +124,7 @@ class Phase:
 
     name: str
     trainable: tuple[str, ...]
-    method: Gradient | Probe | SelfTrain = field(default_factory=Gradient)
+    method: Gradient | Probe | SelfTrain | Surrogate = field(default_factory=Gradient)
 
     @property
     def body_trainable(self) -> tuple[str, ...]:
@@ -128,6 +141,11 @@ class Strategy:
     phases: list[Phase]
     linear_head: bool = False  # a single linear layer instead of the dense head (the probe)
     needs_pool: bool = False  # learns from the unlabelled pool too (--unlabelled)
+
+    @property
+    def self_supervised(self) -> bool:
+        """Whether it pretrains its body on a surrogate task first (it brings a prior of its own)."""
+        return any(isinstance(p.method, Surrogate) for p in self.phases)
 
 
 def body_gradient(config: TrainConfig, groups: list[str], lr: float, epochs: int, patience: int,
@@ -209,6 +227,28 @@ def finetune(groups: list[str], config: TrainConfig) -> Strategy:
     return Strategy("finetune", pretrained=True, phases=[_head_phase(config, config.head.warmup_epochs), whole])
 
 
+def _surrogate(name: str, groups: list[str], config: TrainConfig, pretrained: bool) -> Strategy:
+    """Surrogate pretraining of the body from ``pretrained`` (ImageNet) or random weights, then finetune's phases."""
+    s = config.semi
+    settings = SurrogateSettings(objective=s.surrogate_objective, backbone=config.model.backbone, pretrained=pretrained,
+                                 size=s.surrogate_size, epochs=s.surrogate_epochs, minutes=s.surrogate_minutes,
+                                 lr=s.surrogate_lr / 10 if pretrained else s.surrogate_lr)
+    pretrain = Phase("surrogate", tuple(groups), Surrogate(settings))
+    return Strategy(name, pretrained=pretrained, phases=[pretrain, *finetune(groups, config).phases])
+
+
+@STRATEGIES.register("surrogate")
+def surrogate(groups: list[str], config: TrainConfig) -> Strategy:
+    """Random weights pretrained on a surrogate task over all images without labels, then finetune."""
+    return _surrogate("surrogate", groups, config, pretrained=False)
+
+
+@STRATEGIES.register("surrogate-imagenet")
+def surrogate_imagenet(groups: list[str], config: TrainConfig) -> Strategy:
+    """ImageNet weights pretrained further on a surrogate task over all images, then finetune."""
+    return _surrogate("surrogate-imagenet", groups, config, pretrained=True)
+
+
 @STRATEGIES.register("chain-thaw")
 def chain_thaw(groups: list[str], config: TrainConfig) -> Strategy:
     """New layers; then each backbone group alone, first to last; then everything."""
@@ -237,7 +277,7 @@ def build_strategy(name: str, groups: list[str] | tuple[str, ...], config: Train
     strategy = STRATEGIES.get(name)(list(groups), config)
     if config.imbalance.class_weights == "auto":
         strategy = replace(strategy, phases=[replace(p, method=replace(p.method, balanced=True))
-                                             for p in strategy.phases])
+                                             if hasattr(p.method, "balanced") else p for p in strategy.phases])
     return strategy
 
 
