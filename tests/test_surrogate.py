@@ -50,7 +50,7 @@ def test_the_body_is_cached_and_shared_by_any_order_of_the_same_images(prep):
     assert not cached and info.epochs == info.planned == 3 and len(info.losses) == 3 and not info.cut
     again, _, cached = _pretrain(prep, indices=np.arange(len(prep.dataset))[::-1])
     assert cached and all(torch.equal(state[k], again[k]) for k in state)
-    other, _, cached = _pretrain(prep, dataclasses.replace(SMALL, objective="exemplar"))
+    other, _, cached = _pretrain(prep, dataclasses.replace(SMALL, objective="simclr"))
     assert not cached and any(not torch.equal(state[k], other[k]) for k in state if state[k].is_floating_point())
     # fewer images: another body
     _, _, cached = _pretrain(prep, indices=np.arange(len(prep.dataset) - 1))

@@ -68,12 +68,12 @@ class SurrogateSettings:
         batch_size: images per step (``simclr``: twice as many views).
     """
 
-    objective: str = "simclr"
+    objective: str = "exemplar"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = False
     size: int = 96
     epochs: int = 40
-    minutes: float = 12.0
+    minutes: float = 8.0
     lr: float = 2e-3
     batch_size: int = 64
 
@@ -217,12 +217,13 @@ def recalibrate_batchnorm(body: nn.Module, images: ImageStore, indices: np.ndarr
     body.eval()
 
 
-def _epoch(body: nn.Module, task: nn.Module, opt: torch.optim.Optimizer, images: ImageStore, indices: np.ndarray,
+def _epoch(learner: tuple[nn.Module, nn.Module, torch.optim.Optimizer], images: ImageStore,
            settings: SurrogateSettings, data_config: dict, precision: Precision, epoch: int, plan: int) -> float:
-    """One pass over the images (``images`` holds the ``indices``' shrunk squares in order) in a seeded
+    """One pass of ``learner`` (body, task, optimizer) over the shrunk squares ``images`` in a seeded
     order; returns the mean loss."""
+    body, task, opt = learner
     gen = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
-    order = torch.randperm(len(indices), generator=gen).numpy()  # positions in ``images`` (one per index)
+    order = torch.randperm(len(images.cache), generator=gen).numpy()  # positions in ``images``
     b = settings.batch_size
     steps = max(1, len(order) // b)  # the last, short batch is dropped: a contrastive batch of 1 is no task
     losses = []
@@ -292,7 +293,7 @@ def _train(folder: Path, settings: SurrogateSettings, images: ImageStore, indice
         bar.advance(info.epochs)
         while info.epochs < (info.planned or settings.epochs):
             t0 = time.perf_counter()
-            loss = _epoch(body, task, opt, small, indices, settings, data_config, precision, info.epochs,
+            loss = _epoch((body, task, opt), small, settings, data_config, precision, info.epochs,
                           info.planned or settings.epochs)
             info.seconds += time.perf_counter() - t0
             info.epochs += 1
