@@ -211,7 +211,7 @@ def compute_seconds(result: RunResult) -> float:
     """The training time a run's result stands for: its own, plus the surrogate pretraining when that
     came from the cache (another run paid for it, but this result needs it all the same)."""
     d = result.details
-    return result.seconds + (d.surrogate_seconds or 0.0 if d.surrogate_cached else 0.0)
+    return result.seconds + ((d.surrogate_seconds or 0.0) if d.surrogate_cached else 0.0)
 
 
 def _equal_compute_budget(strategy: str, seed: int, done: list[RunResult], config: TrainConfig) -> float | None:

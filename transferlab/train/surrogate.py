@@ -71,7 +71,7 @@ class SurrogateSettings:
     objective: str = "exemplar"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = False
-    size: int = 96
+    size: int = 64
     epochs: int = 40
     minutes: float = 8.0
     lr: float = 2e-3
@@ -101,7 +101,8 @@ class SurrogateInfo:
 def colour_distort(x: torch.Tensor, generator: torch.Generator, strength: float = 0.5) -> torch.Tensor:
     """SimCLR's colour distortion on a float NCHW batch in 0..255, per image: with probability 0.8
     brightness, contrast and saturation each scaled by a factor in [1 - 0.8 s, 1 + 0.8 s]; with
-    probability 0.2 grayscale. Hue is left out (costly on a CPU). Draws come from ``generator``."""
+    probability 0.2 grayscale. Hue is left alone: it tells flowers apart (and is costly on a CPU). Draws
+    come from ``generator``."""
     n, device = len(x), x.device
     u = to_device(torch.rand(n, 5, generator=generator), device)
     jitter = (u[:, 0] < 0.8).view(-1, 1, 1, 1)
