@@ -5,21 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from pathlib import Path
 
+import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
 from ..core.progress import warn
 from ..data.builtin import load_dataset
+from ..data.datasets import ImageDataset
+from ..data.duplicates import find_duplicates, leak_warning
+from ..data.imagecache import build_image_cache, cache_side
 from ..data.pool import load_pool
 from ..data.splits import make_splits
+from ..experiments.audit import audit
 from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
 from ..inference.classify import classify
 from ..models.backbone import DEFAULT_BACKBONE
-from ..models.catalog import backbone_info, list_backbones
-from ..train.config import BudgetConfig, DataConfig, RuntimeConfig, TrainConfig
+from ..models.catalog import backbone_info, backbone_spec, list_backbones
+from ..train.config import AugmentConfig, BudgetConfig, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ..train.strategies import describe_strategy, list_strategies
-from .common import out
+from .common import default_out, out
 from .options import add_config_options, add_output_options, config_from_args, number
 
 WEIGHTS_SHOWN = {"offline": "yes", "download": "no (download)", "none": "none (random init only)"}
@@ -30,7 +36,7 @@ def run_data(args: argparse.Namespace) -> None:
     data = config_from_args(DataConfig, args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped files are listed below
-        ds = load_dataset(data.source, strict=data.strict)
+        ds = load_dataset(data.source, strict=data.strict, exclude=data.exclude)
         pool = load_pool(data.unlabelled, data.source, data.strict) if data.unlabelled else None
     splits = make_splits(ds, seed=data.split_seed)
     info = {
@@ -42,6 +48,8 @@ def run_data(args: argparse.Namespace) -> None:
     if pool is not None:  # copies of labelled images are found when a compare decodes them
         info["unlabelled"] = {"source": pool.name, "images": len(pool),
                               "skipped": [{"file": f, "reason": r} for f, r in pool.skipped]}
+    copies = _copies_across_splits(ds, splits, quiet=args.json)
+    info["copies_across_splits"] = copies
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -66,6 +74,46 @@ def run_data(args: argparse.Namespace) -> None:
     imbalance = ds.imbalance_warning()
     if imbalance:
         warn(imbalance)
+    if copies:
+        warn(copies)
+
+
+def _copies_across_splits(ds: ImageDataset, splits: dict, quiet: bool) -> str | None:
+    """The warning about copies across splits that pixels alone show (equal, re-encoded, resized or
+    mirrored; transferlab audit also finds cropped ones), on the default backbone's image cache."""
+    config = backbone_spec(DEFAULT_BACKBONE).data_config
+    cache = build_image_cache(ds, cache_side(config), config["interpolation"], quiet=quiet)
+    labelled = np.sort(np.concatenate(list(splits.values())))
+    return leak_warning(find_duplicates(cache, labelled), splits)
+
+
+def run_audit(args: argparse.Namespace) -> None:
+    """Duplicates and leaks, label conflicts, likely label errors, outliers and low-quality images of DATA."""
+    data = config_from_args(DataConfig, args)
+    out_dir = Path(args.out or default_out(data.source, "audit", resume=True))
+    report = audit(data, config_from_args(TrainConfig, args), out_dir, quiet=args.quiet)
+    if args.json:
+        print(json.dumps({"data": report.dataset.name, "images": int(len(report.labelled)),
+                          "counts": report.counts(), "notes": report.notes, "seconds": round(report.seconds, 2),
+                          "csv": str(out_dir / "audit.csv"), "html": str(out_dir / "audit.html")}, indent=2))
+        return
+    table = Table(title=escape(f"audit of {report.dataset.name}: {len(report.labelled)} labelled images"))
+    for col in ("finding", "images", "first"):
+        table.add_column(col)
+    keys = report.dataset.keys()
+    for kind, n in report.counts().items():
+        first = report.of_kind(kind)[:1]
+        table.add_row(kind, str(n), escape(f"{Path(keys[first[0].index]).name}: {first[0].detail}") if first else "")
+    out.print(table)
+    for note in report.notes:
+        warn(note)
+    leaks = report.of_kind("leak")
+    if leaks:
+        warn(f"{len(leaks)} image(s) copy an image of another split: the test score counts images the model was "
+             "trained on; pass --dedupe to compare and train to leave the training copies out")
+    out.print(f"audit.csv and audit.html in {out_dir} ({report.seconds:.1f} s); to leave the listed images out of "
+              "any command, delete the rows of images to keep and pass --exclude audit.csv", markup=False,
+              highlight=False)
 
 
 def _print_benchmark(res: dict, args: argparse.Namespace) -> None:
@@ -138,6 +186,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(d, DataConfig, skip=("source",))
     d.add_argument("--json", action="store_true")
     d.set_defaults(handler=run_data, subparser=d)
+
+    a = sub.add_parser("audit", help="find duplicates and leaks across splits, likely label errors, outliers and "
+                                     "low-quality images; writes audit.csv and audit.html")
+    a.add_argument("source", metavar="DATA", help="digits, digits:N, flowers17[:k], a folder, or a CSV")
+    add_config_options(a, DataConfig, skip=("source", "unlabelled", "dedupe"))
+    add_config_options(a, ModelConfig)
+    add_config_options(a, AugmentConfig, only=("views",))
+    add_config_options(a, RuntimeConfig, only=("device", "fp32"))
+    a.add_argument("--json", action="store_true")
+    add_output_options(a, "folder of audit.csv and audit.html (default runs/<data>-audit)")
+    a.set_defaults(handler=run_audit, subparser=a)
 
     b = sub.add_parser("backbones", help="list backbones with their metadata; --benchmark times them here")
     b.add_argument("--json", action="store_true")

@@ -12,7 +12,7 @@ import numpy as np
 from ..core.errors import DataError
 from ..core.registry import Registry
 from .datasets import ImageDataset, label_hash, load_folder
-from .labelfile import load_csv
+from .labelfile import exclude_listed, load_csv
 from .splits import per_class_subset
 
 BUILTINS: Registry[Callable[..., ImageDataset]] = Registry("dataset", DataError)
@@ -48,13 +48,15 @@ def _flowers17(arg: str = "", strict: bool = False) -> ImageDataset:
     return load_flowers17(int(arg or 1), strict=strict)
 
 
-def load_dataset(spec: str | Path, strict: bool = False) -> ImageDataset:
+def load_dataset(spec: str | Path, strict: bool = False, exclude: str | Path | None = None) -> ImageDataset:
     """Load DATA as the CLI understands it: a built-in name (``digits``, ``flowers17[:k]``), a CSV of
-    labels (``path,label[,split]``), or a folder."""
+    labels (``path,label[,split]``), or a folder; without the images the CSV ``exclude`` lists."""
     text = str(spec)
     base, _, arg = text.partition(":")
     if base in BUILTINS and not Path(text).exists():
-        return BUILTINS.get(base)(arg, strict=strict)
-    if text.lower().endswith(".csv"):
-        return load_csv(text, strict=strict)
-    return load_folder(text, strict=strict)
+        ds = BUILTINS.get(base)(arg, strict=strict)
+    elif text.lower().endswith(".csv"):
+        ds = load_csv(text, strict=strict)
+    else:
+        ds = load_folder(text, strict=strict)
+    return exclude_listed(ds, exclude) if exclude else ds

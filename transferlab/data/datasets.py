@@ -9,6 +9,7 @@ files are found up front (the scan is remembered per listing, so later runs skip
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -69,6 +70,30 @@ class ImageDataset:
         if self.arrays is not None:
             return Image.fromarray(self.arrays[i])
         return open_rgb(self.paths[i], draft_size)
+
+    def keys(self) -> list[str]:
+        """How each image is named in audit.csv and matched by ``--exclude``: its resolved path, or for
+        images held in memory ``<data>#<digest of its pixels>`` (``.2``, ``.3`` ... after for repeats), which
+        leaving other images out does not change."""
+        if self.paths is not None:
+            return [str(Path(p).resolve()) for p in self.paths]
+        keys, seen = [], {}
+        for a in self.arrays:
+            digest = hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=6).hexdigest()
+            seen[digest] = seen.get(digest, 0) + 1
+            keys.append(f"{self.name}#{digest}" + (f".{seen[digest]}" if seen[digest] > 1 else ""))
+        return keys
+
+    def subset(self, keep: np.ndarray, tag: str) -> ImageDataset:
+        """The images ``keep`` (sorted indices) only, predefined splits mapped onto them; ``tag`` says what
+        was left out (part of the fingerprint)."""
+        new = np.full(len(self), -1, np.int64)
+        new[keep] = np.arange(len(keep))
+        splits = {s: new[idx][new[idx] >= 0] for s, idx in self.splits.items()}
+        return dataclasses.replace(
+            self, labels=self.labels[keep], paths=None if self.paths is None else [self.paths[i] for i in keep],
+            arrays=None if self.arrays is None else self.arrays[keep], splits=splits,
+            fingerprint=hashlib.sha256(f"{self.fingerprint}-{tag}".encode()).hexdigest()[:16])
 
     @property
     def labelled_labels(self) -> np.ndarray:

@@ -5,10 +5,21 @@ same CSV is passed as ``--unlabelled`` (``suggest`` writes such rows for the use
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import DataError
-from .datasets import DATA_HELP, SPLIT_NAMES, ImageDataset, check_classes, check_same_classes, files_dataset
+from .datasets import (
+    DATA_HELP,
+    SPLIT_NAMES,
+    DataWarning,
+    ImageDataset,
+    check_classes,
+    check_same_classes,
+    files_dataset,
+)
 
 
 def _csv_entry(path: Path, line: int, row: dict[str, str]) -> tuple[Path, str, str | None]:
@@ -88,3 +99,40 @@ def load_csv(path: str | Path, strict: bool = False) -> ImageDataset:
         if "train" not in given:
             raise DataError(f"{path} has splits {', '.join(sorted(given))} but no train rows")
     return files_dataset(str(path), root, entries, classes, strict)
+
+
+def listed_keys(path: str | Path) -> set[str]:
+    """The images a CSV with a ``path`` column lists (audit.csv, a labels CSV), as ``ImageDataset.keys``
+    name them: files resolved against the CSV's folder, in-memory names (``digits#...``) as written."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file; --exclude takes a CSV with a 'path' column "
+                        "(the audit.csv that transferlab audit writes)")
+    try:
+        header, rows = _read_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV file ({exc})") from None
+    if "path" not in header:
+        raise DataError(f"{path} has no 'path' column (found {', '.join(c for c in header if c) or 'no header'}); "
+                        "--exclude takes a CSV with a 'path' column, such as audit.csv")
+    keys = set()
+    for _, row in rows:
+        file = (row.get("path") or "").strip()
+        if file:
+            keys.add(file if "#" in file and not (path.parent / file).exists() else str((path.parent / file).resolve()))
+    return keys
+
+
+def exclude_listed(ds: ImageDataset, path: str | Path) -> ImageDataset:
+    """``ds`` without the images the CSV ``path`` lists (``--exclude``)."""
+    keys = listed_keys(path)
+    own = ds.keys()
+    drop = np.array([k in keys for k in own])
+    if keys and not drop.any():
+        raise DataError(f"none of the {len(keys)} images listed in {path} is in {ds.name}; was it written for other "
+                        "data? (transferlab audit writes it for the DATA it was given)")
+    missing = len(keys - set(own))
+    if missing:
+        warnings.warn(f"{missing} of the {len(keys)} images listed in {path} are not in {ds.name}; the other "
+                      f"{len(keys) - missing} are left out", DataWarning, stacklevel=3)
+    return ds.subset(np.flatnonzero(~drop), f"exclude {sorted(keys)}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.errors import DataError
 from .datasets import ImageDataset, _image_files, _scan, label_hash, report_unreadable, shown_path
+from .duplicates import pixel_digests
 from .labelfile import read_label_rows
 
 UNLABELLED = -1  # the label of a pool image in a dataset with a pool
@@ -107,8 +108,7 @@ def pool_indices(cache: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int
     """The indices of the pool images (label ``UNLABELLED``) to use, and how many were left out: those
     whose decoded square (``cache``, one per image) equals that of a labelled image or of an earlier
     pool image. Equal pixels, not equal files: a copy saved in another format is caught too."""
-    digests = [hashlib.blake2b(np.ascontiguousarray(cache[i]).tobytes(), digest_size=16).digest()
-               for i in range(len(labels))]
+    digests = pixel_digests(cache[i] for i in range(len(labels)))
     seen = {digests[i] for i in np.flatnonzero(labels != UNLABELLED)}
     keep = []
     for i in np.flatnonzero(labels == UNLABELLED):

@@ -124,7 +124,9 @@ def benchmark_backbones(data: DataConfig | None, config: TrainConfig, out: str |
 def _benchmark(data: DataConfig | None, config: TrainConfig, out: Path, study: BenchmarkConfig,
                quiet: bool) -> dict[str, Any]:
     precision = Precision.choose(config.runtime.device)
-    ds = load_dataset(data.source, strict=data.strict) if data is not None and data.source else None
+    ds = None
+    if data is not None and data.source:
+        ds = load_dataset(data.source, strict=data.strict, exclude=data.exclude)
     rows = []
     for name in study.names:
         row = _measure(name, config, study, precision)

@@ -22,6 +22,7 @@ from ..core.layout import ResultsFolder
 from ..core.progress import console, warn
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
+from ..data.duplicates import duplicate_groups, find_duplicates, leak_warning, redundant_train_copies
 from ..data.pool import attach_pool
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
@@ -31,6 +32,7 @@ from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, wo
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, train_one
 from ..train.strategies import build_strategy, check_pool_strategies
+from .audit import labelled_features
 from .experiment import DEFAULT_STRATEGIES, ENSEMBLE, CompareConfig, Experiment, load_experiment, read_config_yaml
 from .folder import check_out_folder, main_holds, model_folder
 from .postrun import calibrate_runs, ensemble_run, track_runs
@@ -54,8 +56,9 @@ def _check_out(out: Path, exp: Experiment, resume: bool) -> None:
                                f"(saved in {folder.config}) or choose another --out")
 
 
-def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray]) -> None:
-    """On resume: the data and splits must be those the finished runs were trained on."""
+def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray], dedupe: bool = False) -> None:
+    """On resume: the data and splits must be those the finished runs were trained on (with ``dedupe``,
+    a subset of the training split: the copies were left out of it)."""
     folder = ResultsFolder(out)
     if folder.manifest.is_file():
         before = read_manifest(folder.manifest, "delete it and run the same command with --resume: it is "
@@ -66,7 +69,8 @@ def _check_same_data(out: Path, ds: ImageDataset, splits: dict[str, np.ndarray])
     if folder.splits.is_file():
         try:
             with np.load(folder.splits, allow_pickle=False) as saved:
-                same = all(k in saved and np.array_equal(saved[k], v) for k, v in splits.items()) and \
+                same = all(k in saved and (np.isin(saved[k], v).all() if dedupe and k == "train" else
+                                           np.array_equal(saved[k], v)) for k, v in splits.items()) and \
                     np.array_equal(saved["labels"], ds.labelled_labels)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DamagedFileError(folder.splits, str(exc)) from None
@@ -102,7 +106,7 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     _check_out(out, exp, resume)
     # Everything that can fail on the user's input fails before the folder is touched.
     spec = backbone_spec(config.model.backbone, config.model.image_size)
-    ds = load_dataset(data.source, strict=data.strict)
+    ds = load_dataset(data.source, strict=data.strict, exclude=data.exclude)
     imbalance = ds.imbalance_warning()
     if imbalance and config.imbalance.class_weights == "none" and is_main():
         warn(imbalance)
@@ -111,7 +115,7 @@ def compare(data: DataConfig, config: TrainConfig, out: str | Path, plan: Compar
     check_pool_strategies([s for s in plan.strategies if s != ENSEMBLE], config, bool(ds.pool_source))
     def checks() -> None:
         if resume:
-            _check_same_data(out, ds, splits)
+            _check_same_data(out, ds, splits, data.dedupe)
         ensure_free_space(out, _results_bytes(plan, spec.meta.get("params_m")), "the results", "choose another --out")
         if mlflow:
             check_store(out, mlflow)
@@ -188,10 +192,27 @@ def _start(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], out
     if is_main():
         write_text(ResultsFolder(out).config, yaml.safe_dump(to_dict(exp), sort_keys=False))
     prep = prepare(ds, splits, exp.train, quiet=quiet)
+    _check_copies(prep, exp.train, exp.data.dedupe, quiet)
     if is_main():
         with atomic_path(ResultsFolder(out).splits) as tmp:
             np.savez(tmp, labels=ds.labelled_labels, **prep.splits)
     return prep
+
+
+def _check_copies(prep: Prepared, config: TrainConfig, dedupe: bool, quiet: bool) -> None:
+    """Warn about copies across the splits; with ``dedupe``, leave the redundant training copies out.
+    The pretrained features this needs are those the strategies share (the feature cache)."""
+    labelled = np.sort(np.concatenate([prep.splits[s] for s in ("train", "val", "test") if s in prep.splits]))
+    pairs = find_duplicates(prep.cache, labelled, labelled_features(prep, config, labelled, quiet=quiet)[0])
+    if dedupe:
+        drop = redundant_train_copies(duplicate_groups(pairs), prep.splits)
+        prep.splits["train"] = np.setdiff1d(prep.splits["train"], drop)
+        if is_main() and not quiet:
+            console.print(f"--dedupe: {len(drop)} training image(s) left out as copies of others", highlight=False)
+        return
+    message = leak_warning(pairs, prep.splits)
+    if message and is_main():
+        warn(message)
 
 
 def _equal_compute(config: TrainConfig) -> bool:

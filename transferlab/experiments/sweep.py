@@ -82,7 +82,7 @@ def sweep(data: DataConfig, config: TrainConfig, out: str | Path, study: SweepCo
 
 
 def _sweep(data: DataConfig, config: TrainConfig, out: Path, study: SweepConfig, quiet: bool) -> dict[str, Any]:
-    ds = load_dataset(data.source, strict=data.strict)
+    ds = load_dataset(data.source, strict=data.strict, exclude=data.exclude)
     check_pool_strategies(study.strategies, config, bool(data.unlabelled))
     base = make_splits(ds, seed=data.split_seed)
     prep = prepare(attach_pool(ds, data.unlabelled, data.source, data.strict), base, config, quiet=quiet)

@@ -150,7 +150,7 @@ def transferability(data: DataConfig, config: TrainConfig = DEFAULT_CONFIG, out:
 def _transferability(data: DataConfig, config: TrainConfig, out: Path, study: TransferabilityConfig,
                      quiet: bool) -> dict[str, Any]:
     t_start, seed = time.perf_counter(), data.split_seed
-    ds = load_dataset(data.source, strict=data.strict)
+    ds = load_dataset(data.source, strict=data.strict, exclude=data.exclude)
     a_classes, b_classes = halves(ds, study.split, seed)
     prep = prepare(ds, make_splits(ds, seed=seed), config, quiet=quiet)
     num_groups = len(backbone_spec(config.model.backbone).groups)

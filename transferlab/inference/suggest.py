@@ -9,15 +9,12 @@ same CSV).
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, write_text
@@ -27,11 +24,9 @@ from ..data.pool import attach_pool
 from ..data.splits import make_splits
 from ..experiments.experiment import load_experiment
 from ..experiments.folder import results_root
-from ..models.catalog import create_backbone
-from ..models.heads import TransferModel
-from ..reporting.render import CSS
+from ..reporting.render import CSS, thumbnail
 from ..train.acquisition import choose_to_label, margins
-from ..train.features import FeatureStore, ImageSource
+from ..train.features import ImageSource, pretrained_features
 from ..train.run import Prepared, prepare
 from .predict import Predictor
 from .saved import find_model_dir
@@ -49,14 +44,11 @@ class Suggestion:
 
 def _pool_features(prep: Prepared, backbone: str, image_size: int | None, quiet: bool) -> np.ndarray:
     """The pretrained backbone's pooled features of every image of ``prep`` (the feature cache's)."""
-    bb = create_backbone(backbone, pretrained=True, image_size=image_size)
-    model = TransferModel(bb, num_classes=len(prep.dataset.classes))
-    prep.precision.to_model(model)
-    store = FeatureStore(bb, prep.dataset, bf16=prep.precision.bf16)
     images = ImageSource(prep.images, prep.data_config, prep.precision, prep.precision.inference_batch(32), quiet)
     wanted = np.concatenate([prep.splits["train"], prep.splits["pool"]])
-    feats = np.zeros((len(prep.dataset), bb.num_features), np.float32)
-    feats[wanted] = store.get(model, images, wanted, 1)[0].numpy()
+    rows = pretrained_features(images, prep.dataset, backbone, image_size, wanted)[0]
+    feats = np.zeros((len(prep.dataset), rows.shape[1]), np.float32)
+    feats[wanted] = rows
     return feats
 
 
@@ -74,7 +66,7 @@ def suggest(run_dir: str | Path, unlabelled: str | Path, count: int = 20, out: s
                                "folder of a compare or train run")
     exp = load_experiment(config)
     predictor = Predictor(find_model_dir(run_dir, strategy))  # refuses a folder without finished runs
-    ds = load_dataset(exp.data.source, strict=exp.data.strict)
+    ds = load_dataset(exp.data.source, strict=exp.data.strict, exclude=exp.data.exclude)
     splits = make_splits(ds, seed=exp.data.split_seed)
     prep = prepare(attach_pool(ds, str(unlabelled), exp.data.source, exp.data.strict), splits, exp.train, quiet)
     pool = prep.splits["pool"]
@@ -103,16 +95,10 @@ def _write_csv(path: Path, prep: Prepared, chosen: list[Suggestion]) -> None:
             writer.writerow([str(Path(s.path).resolve()), "", "train", s.guess, f"{s.confidence:.3f}"])
 
 
-def _thumbnail(square: np.ndarray, side: int = 160) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(square).resize((side, side)).save(buf, "JPEG", quality=85)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _write_sheet(path: Path, prep: Prepared, rows: np.ndarray, chosen: list[Suggestion]) -> None:
     """A contact sheet of the suggestions, in the order picked, with the run's guess."""
     cells = "".join(
-        f"<figure><img src='data:image/jpeg;base64,{_thumbnail(prep.cache[i])}' alt='{html.escape(s.path.name)}'>"
+        f"<figure><img src='data:image/jpeg;base64,{thumbnail(prep.cache[i])}' alt='{html.escape(s.path.name)}'>"
         f"<figcaption>{k + 1}. {html.escape(s.path.name)}<br>guess: {html.escape(s.guess)} "
         f"({s.confidence:.0%})</figcaption></figure>" for k, (i, s) in enumerate(zip(rows, chosen)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>images to label next</title><style>{CSS}"

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from ..core.io import write_text
 
@@ -37,6 +41,13 @@ color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}
 .note{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 .3em}"""
+
+
+def thumbnail(square: np.ndarray, side: int = 160) -> str:
+    """A uint8 image (H, W, 3) as a base64 JPEG of ``side`` px, for pages that embed their images."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(square)).resize((side, side)).save(buf, "JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def render(title: str, sections: list[Section], out: Path) -> tuple[Path, Path]:

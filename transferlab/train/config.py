@@ -40,6 +40,10 @@ class DataConfig(Settings):
     strict: bool = option(False, "unreadable images are an error instead of being skipped")
     unlabelled: str | None = option(None, "a folder of unlabelled images (any nesting), or a CSV whose rows with an "
                                           "empty label are unlabelled: the pool self-train learns from")
+    exclude: str | None = option(None, "a CSV with a path column (the audit.csv of transferlab audit, the rows of "
+                                       "images to keep deleted): the images it lists are left out")
+    dedupe: bool = option(False, "leave out training images that copy another image (equal pixels or a near copy): "
+                                 "every training copy of a validation or test image, all but one of a group in train")
 
 
 @dataclass(frozen=True)

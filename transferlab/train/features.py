@@ -200,6 +200,17 @@ class FeatureStore:
         distributed.barrier()  # written before any process of the node reads it
 
 
+def pretrained_features(images: ImageSource, dataset: ImageDataset, backbone: str, image_size: int | None,
+                        indices: np.ndarray, views: int = 1) -> np.ndarray:
+    """The pooled features (views, len(indices), F) of the pretrained ``backbone`` for the images
+    ``indices`` of ``dataset``, from the feature store (extracted on first use, shared with training)."""
+    bb = create_backbone(backbone, pretrained=True, image_size=image_size)
+    model = TransferModel(bb, num_classes=max(2, len(dataset.classes)))
+    images.precision.to_model(model)
+    store = FeatureStore(bb, dataset, bf16=images.precision.bf16)
+    return store.get(model, images, np.asarray(indices), views).numpy()
+
+
 def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, labels: np.ndarray, level: int,
            views: int, batch_size: int = 32) -> TensorBatches:
     """The input of ``level`` for ``views`` views of each image, kept on the device for one phase, served

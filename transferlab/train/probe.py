@@ -200,3 +200,33 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, model: str = "logreg", seed: int
     if model == "logreg":
         return fit_logreg(x, y, seed, balanced=balanced, val=val)
     return fit_sklearn(x.cpu().numpy(), y.cpu().numpy(), model, seed, balanced)
+
+
+def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+                              grid: np.ndarray = C_GRID) -> tuple[np.ndarray, float]:
+    """Class probabilities of every image from a logistic regression that never saw it: stratified
+    k-fold (k = min(5, smallest class)) on the features ``x`` (views, N, D), each fold trained on every
+    view of its training images and predicting the mean probability over the views of the others.
+    The C of ``grid`` with the lowest out-of-fold log loss is kept. Returns (N, K) and that C."""
+    views, n, d = x.shape
+    y = y.to(x.device).long()
+    k = int(y.max()) + 1
+    folds = _folds(y.cpu().numpy(), seed)
+    held = torch.zeros(len(folds), n, device=x.device)
+    for f, (_, te) in enumerate(folds):
+        held[f, torch.as_tensor(te, device=x.device)] = 1
+    flat = x.float().reshape(views * n, d)
+    train = (1 - held).repeat(1, views)  # (F, views * N): every view of a training image
+    mean, scale = _standardise(flat, train)
+    z = (flat[None] - mean[:, None]) / scale[:, None]
+    w = torch.zeros(len(folds), k, d + 1, device=x.device)
+    best: tuple[float, np.ndarray, float] | None = None
+    for C in grid:  # small to large C: each fit starts from the last one's optimum
+        w = _fit(z, y.repeat(views), train, float(C), w)
+        logits = torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2))  # (F, views * N, K)
+        probs = logits.softmax(-1).reshape(len(folds), views, n, k).mean(1)  # (F, N, K)
+        probs = (probs * held[..., None]).sum(0)  # each image from the one fold that held it out
+        loss = float(-probs[torch.arange(n), y].clamp_min(1e-12).log().mean())
+        if best is None or loss < best[0]:
+            best = (loss, probs.cpu().numpy(), float(C))
+    return best[1], best[2]

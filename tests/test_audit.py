@@ -1,0 +1,177 @@
+"""The audit: copies across splits found and warned about, --dedupe, label errors, outliers and
+low-quality images, audit.csv fed back with --exclude."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from transferlab.cli.main import main
+from transferlab.data import load_dataset, make_splits
+from transferlab.data.duplicates import find_duplicates
+from transferlab.experiments.audit import audit_prepared
+from transferlab.train import TrainConfig, prepare
+from transferlab.train.config import ModelConfig
+
+TINY = ["--backbone", "test_tiny"]
+
+
+def smooth_image(cls: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """A colour-coded class with a smooth random pattern (so a resized copy keeps its structure)."""
+    base = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200)][cls % 3], np.uint8)
+    pattern = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((size, size),
+                                                                                       Image.Resampling.BICUBIC)
+    return Image.fromarray(((np.asarray(pattern, np.float64) + base) / 2).astype(np.uint8))
+
+
+def split_folders(root: Path, per_split: dict[str, int], classes: int = 3, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in per_split.items():
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                smooth_image(c, rng).save(folder / f"img_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def leaky(tmp_path) -> Path:
+    """train/val/test with three copies of training images in test: exact, half size as JPEG, mirrored."""
+    root = split_folders(tmp_path / "data", {"train": 10, "val": 4, "test": 4})
+    shutil.copyfile(root / "train/class_0/img_000.png", root / "test/class_0/copy_exact.png")
+    img = Image.open(root / "train/class_1/img_001.png")
+    img.resize((32, 32), Image.Resampling.BICUBIC).save(root / "test/class_1/copy_half.jpg", quality=80)
+    ImageOps.mirror(Image.open(root / "train/class_2/img_002.png")).save(root / "test/class_2/copy_mirror.png")
+    return root
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_copies_across_splits_are_found_and_warned(leaky, tmp_path, capsys):
+    main(["audit", str(leaky), *TINY, "--out", str(tmp_path / "audit"), "--quiet"])
+    rows = _rows(tmp_path / "audit" / "audit.csv")
+    leaks = {(Path(r["path"]).name, Path(r["other"]).name) for r in rows if r["finding"] == "leak"}
+    # The training copy is listed (the held-out one is kept), pointing at the test image it copies.
+    assert leaks == {("img_000.png", "copy_exact.png"), ("img_001.png", "copy_half.jpg"),
+                     ("img_002.png", "copy_mirror.png")}
+    assert not [r for r in rows if r["finding"] in ("duplicate", "label conflict")]
+    assert "copy an image of another split" in " ".join(capsys.readouterr().err.split())
+    assert (tmp_path / "audit" / "audit.html").read_text().count("<figure>") >= 6
+
+    main(["data", str(leaky)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "3 pair(s) of copies across splits" in err and "--dedupe" in err
+
+
+def test_clean_data_has_no_copies(tmp_path):
+    root = split_folders(tmp_path / "data", {"train": 10, "val": 4, "test": 4})
+    ds = load_dataset(root)
+    prep = prepare(ds, make_splits(ds), TrainConfig(model=ModelConfig(backbone="test_tiny")))
+    assert find_duplicates(prep.cache, np.arange(len(ds))) == []
+
+
+def test_dedupe_leaves_training_copies_out_and_keeps_test(leaky, tmp_path, capsys):
+    common = ["--strategies", "probe", *TINY, "--quiet"]
+    main(["compare", "--data", str(leaky), "--out", str(tmp_path / "plain"), *common])
+    assert "copies across splits" in " ".join(capsys.readouterr().err.split())
+    main(["compare", "--data", str(leaky), "--out", str(tmp_path / "dedupe"), "--dedupe", *common])
+    with np.load(tmp_path / "plain" / "splits.npz") as plain, np.load(tmp_path / "dedupe" / "splits.npz") as dd:
+        ds = load_dataset(leaky)
+        dropped = {ds.paths[i].name for i in np.setdiff1d(plain["train"], dd["train"])}
+        assert dropped == {"img_000.png", "img_001.png", "img_002.png"}
+        assert np.array_equal(plain["test"], dd["test"]) and np.array_equal(plain["val"], dd["val"])
+
+
+def _flip_one(ds, index: int):
+    labels = ds.labels.copy()
+    labels[index] = (labels[index] + 1) % len(ds.classes)
+    return labels
+
+
+def test_a_flipped_label_ranks_first_with_the_true_one_suggested(tmp_path):
+    # Classes the features separate cleanly (on digits, ImageNet features at 64 px give 88% out of fold,
+    # and a flipped digit can rank below genuinely ambiguous ones).
+    root = split_folders(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
+    config = TrainConfig(model=ModelConfig(backbone="test_tiny"))
+    ds = load_dataset(root)
+    splits = make_splits(ds)
+    assert audit_prepared(prepare(ds, splits, config), config).of_kind("label error") == []
+    flipped = int(splits["train"][7])
+    true = ds.classes[ds.labels[flipped]]
+    ds.labels = _flip_one(ds, flipped)
+    report = audit_prepared(prepare(ds, splits, config), config)
+    errors = report.of_kind("label error")
+    assert errors and errors[0].index == flipped
+    assert errors[0].suggested == true
+    assert int(np.argmax(report.issues.margin)) == int(np.flatnonzero(report.labelled == flipped)[0])
+
+
+def test_outliers_and_low_quality_images_are_flagged(tmp_path):
+    root = split_folders(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "train/class_0/uniform.png")
+    smooth_image(1, np.random.default_rng(5), 20).save(root / "train/class_1/tiny.png")
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (64, 64, 3), dtype=np.uint8)) \
+        .save(root / "train/class_2/noise.png")  # nothing like the smooth colour classes
+    ds = load_dataset(root)
+    config = TrainConfig(model=ModelConfig(backbone="test_tiny"))
+    report = audit_prepared(prepare(ds, make_splits(ds), config), config)
+    names = {(ds.paths[f.index].name, f.kind, f.detail.split(":")[0]) for f in report.findings}
+    assert ("uniform.png", "low quality", "uniform") in names
+    assert ("tiny.png", "low quality", "tiny") in names
+    ranked = [ds.paths[report.labelled[r]].name for r in np.argsort(-report.outliers)]
+    assert ranked[0] in ("noise.png", "uniform.png")
+
+
+def test_class_names_that_differ_only_by_spelling_are_noted(tmp_path, capsys):
+    root = split_folders(tmp_path / "imgs", {"train": 6})
+    rows = [(str(p), "sun flower" if p.parent.name == "class_0" else "sun_flower" if p.parent.name == "class_1"
+             else "rose") for p in sorted(root.rglob("*.png"))]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    assert main(["audit", str(tmp_path / "labels.csv"), *TINY, "--out", str(tmp_path / "audit"), "--json",
+                 "--quiet"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert any("'sun flower', 'sun_flower'" in n for n in notes)
+    assert not any("rose" in n for n in notes)
+
+
+def test_audit_csv_round_trips_through_exclude(leaky, tmp_path, capsys):
+    main(["audit", str(leaky), *TINY, "--out", str(tmp_path / "audit"), "--quiet"])
+    listed = {r["path"] for r in _rows(tmp_path / "audit" / "audit.csv")}
+    assert listed
+    full = load_dataset(leaky)
+    kept = load_dataset(leaky, exclude=tmp_path / "audit" / "audit.csv")
+    assert len(kept) == len(full) - len(listed)
+    assert not listed & set(kept.keys())
+    assert kept.fingerprint != full.fingerprint
+    # In-memory images are named by their pixels, so leaving some out does not rename the rest.
+    digits = load_dataset("digits:10")
+    table = tmp_path / "some.csv"
+    with open(table, "w", newline="") as f:
+        csv.writer(f).writerows([("path",), *[(k,) for k in digits.keys()[:5]]])
+    fewer = load_dataset("digits:10", exclude=table)
+    assert fewer.keys() == digits.keys()[5:]
+    main(["compare", "--data", str(leaky), "--exclude", str(tmp_path / "audit" / "audit.csv"), "--strategies",
+          "probe", *TINY, "--out", str(tmp_path / "run"), "--quiet"])
+    assert "copies across splits" not in " ".join(capsys.readouterr().err.split())
+
+
+def test_exclude_names_what_is_wrong(leaky, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nx.png,a\n")
+    assert main(["data", str(leaky), "--exclude", str(bad)]) == 2
+    assert "no 'path' column" in " ".join(capsys.readouterr().err.split())
+    other = tmp_path / "other.csv"
+    other.write_text(f"path\n{tmp_path / 'elsewhere.png'}\n")
+    assert main(["data", str(leaky), "--exclude", str(other)]) == 2
+    assert "none of the 1 images" in " ".join(capsys.readouterr().err.split())
