@@ -17,6 +17,7 @@ from ..data.datasets import ImageDataset
 from ..data.duplicates import find_duplicates, leak_warning
 from ..data.imagecache import build_image_cache, cache_side
 from ..data.pool import load_pool
+from ..data.quality import short_sides
 from ..data.splits import make_splits
 from ..experiments.audit import audit
 from ..experiments.backbone_choice import BenchmarkConfig, benchmark_backbones
@@ -84,7 +85,7 @@ def _copies_across_splits(ds: ImageDataset, splits: dict, quiet: bool) -> str | 
     config = backbone_spec(DEFAULT_BACKBONE).data_config
     cache = build_image_cache(ds, cache_side(config), config["interpolation"], quiet=quiet)
     labelled = np.sort(np.concatenate(list(splits.values())))
-    return leak_warning(find_duplicates(cache, labelled), splits)
+    return leak_warning(find_duplicates(cache, labelled, sides=short_sides(ds, labelled)), splits)
 
 
 def run_audit(args: argparse.Namespace) -> None:

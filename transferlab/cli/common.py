@@ -39,3 +39,8 @@ def print_summary(metrics: dict, out_dir: str | Path) -> None:
                       f"{s['seconds']:.1f}")
     out.print(table)
     out.print(f"winner: [bold]{metrics['winner']}[/bold] (chosen on validation accuracy)")
+    found = metrics.get("verdict")
+    if found:
+        out.print(f"verdict: {found['sentence']} ({found['method']})", markup=False, highlight=False)
+        for note in found["notes"]:
+            out.print(f"  note: {note}", markup=False, highlight=False)

@@ -29,6 +29,7 @@ COPY_SCORE = 1.78  # aligned pixel correlation + feature cosine from which a can
 MIN_CORRELATION = 0.85  # the least pixel correlation of a copy (10%-cropped copies: 0.866 and up)
 HASHED_CORRELATION = 0.95  # or the pixel correlation from which a pair with near hashes is
 THUMB_SIDE = 48
+MIN_SIDE = 32  # px: smaller images have too little detail to tell a near copy from a look-alike
 ALIGN_SCALES = (0.87, 0.93, 1.0, 1.07, 1.14)
 
 
@@ -133,8 +134,8 @@ def aligned_similarity(a: torch.Tensor, b: torch.Tensor, batch: int = 64) -> tor
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def find_duplicates(squares: np.ndarray, indices: np.ndarray,
-                    features: np.ndarray | None = None) -> list[DuplicatePair]:
+def find_duplicates(squares: np.ndarray, indices: np.ndarray, features: np.ndarray | None = None,
+                    sides: np.ndarray | None = None) -> list[DuplicatePair]:
     """Every pair of copies among the squares ``indices``, whose pretrained features (one row per index)
     are ``features``: equal pixels, or a near copy (without features, only those with near hashes:
     re-encoded, resized and mirrored copies, not cropped ones). Candidates are pairs with perceptual hashes at most
@@ -142,7 +143,8 @@ def find_duplicates(squares: np.ndarray, indices: np.ndarray,
     aligned pixel correlation plus feature cosine reach ``COPY_SCORE`` (the correlation at least
     ``MIN_CORRELATION``, whatever the backbone's features say), or when its hashes are near and
     its pixels correlate to ``HASHED_CORRELATION`` (a copy at half the size, whose blur moves the
-    features). Pairs of dataset indices, sorted."""
+    features). Images whose original short side (``sides``, one per index) is under ``MIN_SIDE`` can only
+    be exact copies: two different 8 x 8 digits correlate like copies. Pairs of dataset indices, sorted."""
     idx = np.asarray(indices)
     if len(idx) < 2:
         return []
@@ -163,13 +165,16 @@ def find_duplicates(squares: np.ndarray, indices: np.ndarray,
     thumbs = thumbnails(squares, idx)
     ncc = aligned_similarity(thumbs[a], thumbs[b]).numpy()
     cos = np.zeros(len(a)) if unit is None else (unit[a] * unit[b]).sum(1)
+    detailed = np.ones(len(idx), bool) if sides is None else np.asarray(sides) >= MIN_SIDE
     pairs = []
     for k in range(len(a)):
         exact = digests[a[k]] == digests[b[k]]
-        if exact or (ncc[k] >= MIN_CORRELATION and ncc[k] + cos[k] >= COPY_SCORE) or \
-                (bits[k] <= NEAR_BITS and ncc[k] >= HASHED_CORRELATION):
+        near = (ncc[k] >= MIN_CORRELATION and ncc[k] + cos[k] >= COPY_SCORE) or \
+            (bits[k] <= NEAR_BITS and ncc[k] >= HASHED_CORRELATION)
+        if exact or (near and detailed[a[k]] and detailed[b[k]]):
             pairs.append(DuplicatePair(int(idx[a[k]]), int(idx[b[k]]), exact,
-                                       1.0 if exact else float(min(1.0, (ncc[k] + cos[k]) / 2))))
+                                       1.0 if exact else float(min(1.0, ncc[k] if unit is None else
+                                                                   (ncc[k] + cos[k]) / 2))))
     return sorted(pairs, key=lambda p: (min(p.first, p.second), max(p.first, p.second)))
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from .datasets import ImageDataset
 
 TINY_SIDE = 64  # short side in px below which an image is upscaled more than 3x for a 224 px input
 UNIFORM_STD = 6.0  # grey standard deviation (0..255) below which an image is nearly one colour
@@ -28,6 +31,17 @@ class QualityIssue:
     kind: str
     value: float
     detail: str
+
+
+def short_sides(ds: ImageDataset, indices: np.ndarray) -> np.ndarray:
+    """The original short side in px of each image ``indices`` (only a file's header is read)."""
+    if ds.paths is None:
+        return np.full(len(indices), min(ds.arrays.shape[1:3]), np.int64)
+    sides = []
+    for i in indices:
+        with Image.open(ds.paths[int(i)]) as img:
+            sides.append(min(img.size))
+    return np.array(sides, np.int64)
 
 
 def grey_measures(squares: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..core.io import atomic_path, write_text
 from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
 from ..data.duplicates import DuplicatePair, duplicate_groups, find_duplicates
-from ..data.quality import quality_issues
+from ..data.quality import quality_issues, short_sides
 from ..data.splits import make_splits
 from ..reporting.render import CSS, thumbnail
 from ..train.config import DataConfig, TrainConfig
@@ -129,21 +128,10 @@ def class_name_notes(classes: list[str]) -> list[str]:
             "probably one class; merge them" for names in seen.values() if len(names) > 1]
 
 
-def _short_sides(ds: ImageDataset, indices: np.ndarray) -> np.ndarray:
-    """The original short side of each image (the file's header is read, not its pixels)."""
-    if ds.paths is None:
-        return np.full(len(indices), min(ds.arrays.shape[1:3]), np.int64)
-    sides = []
-    for i in indices:
-        with Image.open(ds.paths[int(i)]) as img:
-            sides.append(min(img.size))
-    return np.array(sides, np.int64)
-
-
 def _quality_findings(prep: Prepared, labelled: np.ndarray) -> tuple[list[Finding], list[str]]:
     """Low-quality findings; a kind that more than half the images share is one note instead (digits are
     all tiny: that is the data set, not a bad image)."""
-    issues = quality_issues(prep.cache, labelled, _short_sides(prep.dataset, labelled))
+    issues = quality_issues(prep.cache, labelled, short_sides(prep.dataset, labelled))
     notes, found = [], []
     for kind in sorted({q.kind for q in issues}):
         these = [q for q in issues if q.kind == kind]
@@ -187,7 +175,7 @@ def audit_prepared(prep: Prepared, config: TrainConfig, quiet: bool = True) -> A
     ds, splits = prep.dataset, {k: v for k, v in prep.splits.items() if k in ("train", "val", "test")}
     labelled = np.sort(np.concatenate(list(splits.values())))
     feats = labelled_features(prep, config, labelled, config.augment.views, quiet)
-    pairs = find_duplicates(prep.cache, labelled, feats[0])
+    pairs = find_duplicates(prep.cache, labelled, feats[0], short_sides(ds, labelled))
     findings = copy_findings(ds, splits, pairs)
     model_found, issues, outliers = _model_findings(prep, labelled, feats)
     quality, notes = _quality_findings(prep, labelled)

@@ -24,6 +24,7 @@ from ..data.builtin import load_dataset
 from ..data.datasets import ImageDataset
 from ..data.duplicates import duplicate_groups, find_duplicates, leak_warning, redundant_train_copies
 from ..data.pool import attach_pool
+from ..data.quality import short_sides
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
@@ -203,7 +204,8 @@ def _check_copies(prep: Prepared, config: TrainConfig, dedupe: bool, quiet: bool
     """Warn about copies across the splits; with ``dedupe``, leave the redundant training copies out.
     The pretrained features this needs are those the strategies share (the feature cache)."""
     labelled = np.sort(np.concatenate([prep.splits[s] for s in ("train", "val", "test") if s in prep.splits]))
-    pairs = find_duplicates(prep.cache, labelled, labelled_features(prep, config, labelled, quiet=quiet)[0])
+    pairs = find_duplicates(prep.cache, labelled, labelled_features(prep, config, labelled, quiet=quiet)[0],
+                            short_sides(prep.dataset, labelled))
     if dedupe:
         drop = redundant_train_copies(duplicate_groups(pairs), prep.splits)
         prep.splits["train"] = np.setdiff1d(prep.splits["train"], drop)

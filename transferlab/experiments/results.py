@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..core.io import atomic_path, write_json
-from ..core.layout import ResultsFolder
+from ..core.layout import ResultsFolder, RunFolder
 from ..core.records import RecordError, read_record
 from ..runtime.distributed import backend, joined, world_size
 from ..train.run import Prepared, RunResult
 from .experiment import Experiment
+from .folder import model_folder
+from .verdict import verdict
 
 HISTORY_FIELDS = ["strategy", "seed", "phase", "epoch", "train_loss", "val_loss", "val_acc", "seconds",
                   "ema_val_loss", "ema_val_acc"]  # the weight average's, in phases that keep one (--ema)
@@ -88,12 +90,28 @@ def _processes(exp: Experiment) -> dict[str, Any]:
     return info
 
 
+def test_correctness(out: Path, prep: Prepared, results: list[RunResult]) -> dict[str, dict[int, np.ndarray]]:
+    """Per strategy and seed, whether each test image was classified right (from the runs' saved test
+    predictions; runs without them, or with the wrong number, are left out)."""
+    y = prep.dataset.labels[prep.splits["test"]]
+    out_map: dict[str, dict[int, np.ndarray]] = {}
+    for r in results:
+        path = RunFolder(model_folder(out, r.strategy, r.seed)).test_predictions
+        if path.is_file():
+            preds = np.load(path)
+            if preds.shape == y.shape:
+                out_map.setdefault(r.strategy, {})[r.seed] = preds == y
+    return out_map
+
+
 def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunResult],
                   started: float, command: str) -> dict[str, Any]:
     """(Re)write metrics.json, history.csv and manifest.json from the runs finished so far."""
     summary = summarise(results)
-    metrics = {"runs": [r.summary() for r in results], "summary": summary,
-               "winner": winner(summary) if summary else None}
+    best = winner(summary) if summary else None
+    found = verdict(summary, best, test_correctness(out, prep, results), len(prep.splits["val"])) if best else None
+    metrics = {"runs": [r.summary() for r in results], "summary": summary, "winner": best,
+               "verdict": found.to_dict() if found else None}
     folder = ResultsFolder(out)
     write_json(folder.metrics, metrics)
     with atomic_path(folder.history) as tmp, open(tmp, "w", newline="") as f:
@@ -149,6 +167,7 @@ class Metrics:
     runs: list[RunResult]
     summary: dict[str, StrategySummary]
     winner: str | None
+    verdict: dict[str, Any] | None = None  # experiments.verdict.Verdict, when two strategies have finished
 
     def check(self) -> None:
         if self.runs and self.winner is None:

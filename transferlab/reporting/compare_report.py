@@ -26,6 +26,17 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
 
 
+def _verdict(found: dict | None) -> Section | None:
+    """The report's opening: whether the winner's lead over the runner-up is beyond noise."""
+    if not found:
+        return None
+    rows = [["", "winner", "runner-up", "difference on test", "95% interval", "how"],
+            ["", found["winner"], found["runner_up"], f"{found['difference'] * 100:+.1f} points",
+             f"{found['low'] * 100:+.1f} to {found['high'] * 100:+.1f}", found["method"]]]
+    notes = " ".join(n[0].upper() + n[1:] + "." for n in found["notes"])
+    return Section("Verdict", found["sentence"] + (" " + notes if notes else ""), [r[1:] for r in rows])
+
+
 def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
     rows = [["strategy", "test accuracy", "balanced accuracy", "macro-F1", "val accuracy", "epochs", "seconds",
              "seeds"]]
@@ -228,6 +239,7 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
     summary, best = metrics["summary"], metrics["winner"]
     imbalance = manifest["data"].get("imbalance_warning")
     sections = [
+        _verdict(metrics.get("verdict")),
         Section("Class balance", imbalance[0].upper() + imbalance[1:] + ".") if imbalance else None,
         _results(summary, best, manifest, plots),
         Section("Learning curves",
