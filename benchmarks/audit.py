@@ -15,8 +15,9 @@ Parts:
   were flipped; the recall of the flagged set. On the clean set: the top 10 suspects.
 - outliers: 20 hymenoptera photos added to train under random flower labels; how many are flagged as
   outliers, and how many of the flower photos are.
-- training: test accuracy of each strategy trained on the clean labels, on the flipped ones, and on
-  the flipped ones without the images the audit flags (label errors and outliers in train), per draw.
+- training: test accuracy of each strategy trained on the clean labels, on the flipped ones, on the
+  flipped ones without the images the audit flags (label errors and outliers in train), and on the
+  flipped ones with the flagged label errors given their suggested label, per draw.
 - cost: the audit of the clean set once its features are cached (what it costs after a compare).
 
 Printed: a JSON row per measurement, then the tables; and what kind of CPU (native bf16 or not).
@@ -168,12 +169,15 @@ def labels_part(args, config: TrainConfig) -> list[dict]:
         in_train = np.array([row_of[int(i)] for i in train])
         ranked = train[np.argsort(-rep.issues.margin[in_train])]
         n = len(flips)
-        flagged = {f.index for f in rep.findings if f.kind in ("label error", "outlier")} & set(train.tolist())
+        flagged = {f.index for f in rep.of_kind("label error")} & set(train.tolist())
         row = {"part": "labels", "seed": seed, "flips": n,
                "precision_at_n": round(len(set(ranked[:n].tolist()) & set(flips.tolist())) / n, 3),
                "flagged_in_train": len(flagged), "flagged_flips": len(flagged & set(flips.tolist())),
                "seconds": round(rep.seconds, 2)}
-        rows.append({**row, "labels": labels, "flips_idx": flips, "flagged": np.array(sorted(flagged))})
+        suggested = np.array([(f.index, ds.classes.index(f.suggested)) for f in rep.of_kind("label error")
+                              if f.index in flagged], np.int64).reshape(-1, 2)
+        rows.append({**row, "labels": labels, "flips_idx": flips, "flagged": np.array(sorted(flagged)),
+                     "suggested": suggested})
         print(json.dumps(row), flush=True)
     return rows
 
@@ -222,8 +226,11 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
         noisy = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=r["labels"]))
         cleaned = dataclasses.replace(noisy, splits={**noisy.splits,
                                                      "train": np.setdiff1d(noisy.splits["train"], r["flagged"])})
+        relabelled = r["labels"].copy()
+        relabelled[r["suggested"][:, 0]] = r["suggested"][:, 1]
+        fixed = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=relabelled))
         for strategy in args.strategies.split(","):
-            for name, data in (("clean", prep), ("flipped", noisy), ("audited", cleaned)):
+            for name, data in (("clean", prep), ("flipped", noisy), ("audited", cleaned), ("relabelled", fixed)):
                 if name == "clean" and any(x["strategy"] == strategy and x["data"] == "clean" for x in results):
                     continue  # the clean labels are the same in every draw
                 res = train_one(data, config, strategy, 0, out / f"{strategy}-{name}-{r['seed']}", quiet=True)
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = training_part(args, config, label_rows, out)
         for strategy in args.strategies.split(","):
             line = []
-            for name in ("clean", "flipped", "audited"):
+            for name in ("clean", "flipped", "audited", "relabelled"):
                 accs = [r["test_acc"] for r in rows if r["strategy"] == strategy and r["data"] == name]
                 m, ci = mean_ci(accs)
                 line.append(f"{name} {m:.1%} +- {ci:.1%} (n={len(accs)})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import shutil
 import typing
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from transferlab.train.config import SECTIONS
 # A value other than the default for every option, as typed on the command line.
 OTHER = {"source": "digits:5", "backbone": "test_tiny", "device": "cpu", "strategies": "probe,finetune",
          "head_hidden": "16", "image_size": "24", "max_epochs": "2", "patience": "1", "time_budget": "30",
-         "parallel": "data", "unlabelled": "pool", "pseudo_precision": "0.9"}
+         "parallel": "data", "unlabelled": "pool", "pseudo_precision": "0.9", "exclude": "exclude.csv"}
 
 
 def _fields() -> list[tuple[dataclasses.Field, object, type, str]]:
@@ -130,6 +131,9 @@ def folder(tmp_path_factory) -> Path:
     root = make_class_folders(tmp_path_factory.mktemp("vocab") / "data", n_per_class=6, n_classes=2)
     (root / "class_0" / "broken.png").write_bytes(b"not an image")
     make_class_folders(root.parent / "pool", n_per_class=3, n_classes=2, seed=7)  # --unlabelled pool
+    for k in range(3):  # copies, for --dedupe
+        shutil.copyfile(root / "class_0" / "img_000.png", root / "class_0" / f"copy_{k}.png")
+    (root.parent / "exclude.csv").write_text(f"path\n{root / 'class_1' / 'img_001.png'}\n")  # --exclude
     return root
 
 
@@ -137,12 +141,21 @@ def _data(exp: Experiment, folder: Path) -> object:
     d = exp.data
     source = str(folder) if d.source == "digits" else d.source
     try:
-        ds = load_dataset(source, strict=d.strict)
+        ds = load_dataset(source, strict=d.strict, exclude=d.exclude and folder.parent / d.exclude)
         splits = make_splits(ds, seed=d.split_seed)
         ds = attach_pool(ds, d.unlabelled and str(folder.parent / d.unlabelled), source, d.strict)
     except DataError as exc:
         return str(exc)
     return ds.name, len(ds), ds.pool_source, {k: v.tolist() for k, v in splits.items()}
+
+
+def _copies(exp: Experiment, folder: Path) -> object:
+    """The training split compare trains on, after the check for copies (--dedupe)."""
+    ds = load_dataset(str(folder))
+    cfg = dataclasses.replace(exp.train, model=dataclasses.replace(exp.train.model, backbone="test_tiny"))
+    prep = prepare(ds, make_splits(ds), cfg)
+    compare_module._check_copies(prep, cfg, exp.data.dedupe, quiet=True)
+    return prep.splits["train"].tolist()
 
 
 def _prepared(exp: Experiment, folder: Path, monkeypatch) -> dict:
@@ -222,7 +235,8 @@ OBSERVED = {  # option -> what it controls
         "cutmix", "class_weights", "max_epochs", "patience", "self_train_rounds", "pseudo_precision",
         "surrogate_objective", "surrogate_size", "surrogate_epochs", "surrogate_minutes", "surrogate_lr")},
     **{name: "model" for name in ("backbone", "image_size", "head_hidden", "dropout")},
-    **{name: "data" for name in ("source", "split_seed", "strict", "unlabelled")},
+    **{name: "data" for name in ("source", "split_seed", "strict", "unlabelled", "exclude")},
+    "dedupe": "copies",
     **{name: "batches" for name in ("batch_size", "augment", "views", "augment_policy", "crop_from",
                                     "balanced_sampler", "prefix_cache")},
     **{name: "prepared" for name in ("device", "fp32", "fold_bn", "compile", "deterministic")},
@@ -248,7 +262,8 @@ def test_each_option_changes_what_it_controls(name, folder, monkeypatch):
         a, b = observe(default, folder, monkeypatch), observe(changed, folder, monkeypatch)
     else:
         observe = {"strategies": _strategies, "model": _model, "plan": _plan,
-                   "data": lambda e: _data(e, folder), "batches": lambda e: _batches(e, folder)}[OBSERVED[name]]
+                   "data": lambda e: _data(e, folder), "batches": lambda e: _batches(e, folder),
+                   "copies": lambda e: _copies(e, folder)}[OBSERVED[name]]
         a, b = observe(default), observe(changed)
     assert a != b, f"{' '.join(argv)} changed nothing that {OBSERVED[name]} shows"
 

@@ -8,20 +8,23 @@ from pathlib import Path
 
 from ..inference.export import export_model
 from ..inference.predict import predict
+from ..train.novelty import DEFAULT_TARGET
 from .common import out
 from .options import number
 
 
 def run_predict(args: argparse.Namespace) -> None:
     """Label images (files or folders) with a run's winner or a named strategy."""
-    results = predict(args.run_dir, args.images, top_k=args.top_k, strategy=args.strategy)
+    results = predict(args.run_dir, args.images, top_k=args.top_k, strategy=args.strategy,
+                      reject_target=args.reject_target)
     if args.json:
         print(json.dumps(results, indent=2))
         return
     for r in results:
         extra = "  ".join(f"{lab} {p:.1%}" for lab, p in r["top"][1:])
-        out.print(f"{r['file']}\t{r['label']}\t{r['prob']:.1%}" + (f"\t({extra})" if extra else ""),
-                  markup=False, highlight=False)
+        answer = f"unknown\t(nearest: {r['nearest']} {r['prob']:.1%})" if r["label"] == "unknown" else \
+            f"{r['label']}\t{r['prob']:.1%}"
+        out.print(f"{r['file']}\t{answer}" + (f"\t({extra})" if extra else ""), markup=False, highlight=False)
 
 
 def run_suggest(args: argparse.Namespace) -> None:
@@ -50,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=number(int, 1), default=1, help="labels per image (default: 1)")
     p.add_argument("--strategy", help="use this strategy's model instead of the winner")
+    p.add_argument("--reject-target", type=number(float, 0, 1), default=DEFAULT_TARGET,
+                   help="answer 'unknown' for images whose unknown-input score is above the threshold at which the "
+                        "accepted validation images reach this precision; 0: always answer a class "
+                        f"(default: {DEFAULT_TARGET})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_predict, subparser=p)
 

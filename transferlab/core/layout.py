@@ -52,6 +52,18 @@ class RunFolder:
         return self.path / "val_probs.npy"
 
     @property
+    def train_features(self) -> Path:
+        return self.path / "train_features.safetensors"
+
+    @property
+    def distances(self) -> Path:
+        return self.path / "distances.npz"
+
+    @property
+    def unknown(self) -> Path:
+        return self.path / "unknown.json"
+
+    @property
     def test_predictions(self) -> Path:
         return self.path / "test_predictions.npy"
 

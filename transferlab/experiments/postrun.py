@@ -17,6 +17,7 @@ from ..core.progress import console, warn
 from ..reporting.mlflow_log import write_mlflow
 from ..reporting.tracking import write_tensorboard
 from ..train.calibration import Calibration, expected_calibration_error, fit_temperature, scale
+from ..train.novelty import fit_rule
 from ..train.records import RunDetails
 from ..train.run import Prepared, RunResult, load_probabilities, save_predictions
 from ..train.scores import classification_scores
@@ -63,8 +64,28 @@ def calibrate_runs(out: Path, prep: Prepared, results: list[RunResult]) -> None:
         info = Calibration(round(t, 4), expected_calibration_error(test, y_test),
                            expected_calibration_error(scale(test, t), y_test))
         write_json(folder.calibration, dataclasses.asdict(info))
-        info = dataclasses.asdict(info)
-        r.scores.update(info)
+        r.scores.update(dataclasses.asdict(info))
+        r.scores.update(_unknown_rule(folder, scale(load_probabilities(folder.val_probs, len(y_val), k), t), y_val,
+                                      scale(test, t), y_test))
+
+
+def _unknown_rule(folder: RunFolder, val: np.ndarray, y_val: np.ndarray, test: np.ndarray,
+                  y_test: np.ndarray) -> dict[str, float]:
+    """unknown.json: the unknown-input rule fitted on validation (calibrated probabilities, and the
+    distances to the training features when the run saved them); returns what it does on test."""
+    distances = None
+    if folder.distances.is_file():
+        with np.load(folder.distances) as saved:
+            if saved["val"].shape == y_val.shape and saved["test"].shape == y_test.shape:
+                distances = (saved["val"], saved["test"])
+    rule = fit_rule(val, y_val, None if distances is None else distances[0])
+    write_json(folder.unknown, rule.to_dict())
+    accepted = rule.score(test, None if distances is None else distances[1]) <= rule.threshold
+    right = test.argmax(1) == y_test
+    found = {"unknown_test_rejected": float(1 - accepted.mean())}
+    if accepted.any():
+        found["unknown_test_accuracy_accepted"] = float(right[accepted].mean())
+    return found
 
 
 def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: list[RunResult], winner: str,

@@ -25,7 +25,8 @@ from ..core.errors import TransferlabError
 from ..experiments.compare import CompareConfig, compare
 from ..models.backbone import DEFAULT_BACKBONE
 from ..train.config import BudgetConfig, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from .predict import Predictor
+from ..train.novelty import DEFAULT_TARGET
+from .predict import UNKNOWN, Predictor
 
 AUTO = ("probe", "finetune", "ensemble")
 
@@ -96,6 +97,19 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """Class names for image files, PIL images or uint8 arrays."""
         probs = self.predict_proba(X)  # checks that it is fitted first
         return self.classes_[probs.argmax(1)]
+
+    def unknown_score(self, X: list, reject_target: float = DEFAULT_TARGET) -> tuple[np.ndarray, float]:
+        """The unknown-input score of each image (higher: less like the training images) and the threshold
+        above which it is unknown, for ``reject_target`` precision among the accepted validation images."""
+        self._check_fitted()
+        _, scores, threshold = self.predictor_.unknown_scores(list(X), reject_target)
+        return scores, threshold
+
+    def predict_or_unknown(self, X: list, reject_target: float = DEFAULT_TARGET) -> np.ndarray:
+        """Class names, or ``"unknown"`` for the images whose unknown-input score is above the threshold."""
+        self._check_fitted()
+        probs, scores, threshold = self.predictor_.unknown_scores(list(X), reject_target)
+        return np.where(scores > threshold, UNKNOWN, self.classes_[probs.argmax(1)]).astype(object)
 
     def save(self, folder: str | Path) -> Path:
         """Write the results folder behind this classifier (weights, preprocessing, classes, calibration,

@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from ..core.errors import DataError
 from ..core.layout import RunFolder
+from ..core.records import read_record
 from ..data.images import IMAGE_EXTENSIONS
 from ..train.calibration import Calibration, scale
+from ..train.novelty import DEFAULT_TARGET, UnknownRule, nearest_distance
 from .classify import preprocess
 from .saved import ensemble_members, find_model_dir, load_model, redo_hint
 
@@ -46,29 +49,65 @@ class Predictor:
             if run.calibration.is_file() else 1.0
         self.classes: list[str] = self.models[0][0][1]["classes"]
         self.folder, self.batch_size = folder, batch_size
+        # The unknown-input rule (compare fits it on validation) and the training features it measures against.
+        self.rule = read_record(UnknownRule, run.unknown, redo_hint(folder)) if run.unknown.is_file() else None
+        self.train_features = None
+        if self.rule is not None and self.rule.distance_mean is not None and run.train_features.is_file():
+            self.train_features = load_file(str(run.train_features))["features"]
 
     @torch.no_grad()
+    def probabilities_and_distances(self, images: list) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, classes) and, for one model with its training features, each image's
+        distance to the nearest training image in the model's feature space."""
+        probs_out, dist_out = [], []
+        for s in range(0, len(images), self.batch_size):
+            chunk = images[s:s + self.batch_size]
+            probs = 0.0
+            for (model, info), w in self.models:
+                feats = model.features(preprocess(chunk, info["data_config"]))
+                probs = probs + w * model.head(feats).softmax(-1).double()
+                if self.train_features is not None:
+                    dist_out.append(nearest_distance(self.train_features, feats))
+            probs_out.append(scale(probs.numpy(), self.temperature))
+        if not probs_out:
+            return np.zeros((0, len(self.classes))), None
+        return np.concatenate(probs_out), np.concatenate(dist_out) if dist_out else None
+
     def probabilities(self, images: list) -> np.ndarray:
         """(N, classes) calibrated probabilities; an ensemble averages its members' (each model with
         its own preprocessing)."""
-        out = []
-        for s in range(0, len(images), self.batch_size):
-            chunk = images[s:s + self.batch_size]
-            probs = sum(w * model(preprocess(chunk, info["data_config"])).softmax(-1).double()
-                        for (model, info), w in self.models)
-            out.append(scale(probs.numpy(), self.temperature))
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        return self.probabilities_and_distances(images)[0]
+
+    def unknown_scores(self, images: list, target: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Calibrated probabilities, the unknown-input score of each image and the threshold above which it
+        is unknown (for ``target`` precision, default the rule's own); a run without a rule (trained before
+        there was one) scores every image 0 against an infinite threshold."""
+        probs, distance = self.probabilities_and_distances(images)
+        if self.rule is None:
+            return probs, np.zeros(len(probs)), float("inf")
+        rule = self.rule if target is None else self.rule.with_target(target)
+        return probs, rule.score(probs, distance), rule.threshold
+
+
+UNKNOWN = "unknown"
 
 
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strategy: str | None = None,
-            batch_size: int = 32) -> list[dict[str, Any]]:
-    """For each image file (folders are searched): ``{"file", "label", "prob", "top": [(label, prob), ...]}``."""
+            batch_size: int = 32, reject_target: float | None = DEFAULT_TARGET) -> list[dict[str, Any]]:
+    """For each image file (folders are searched): ``{"file", "label", "prob", "top": [(label, prob), ...],
+    "nearest", "unknown_score", "threshold"}``. ``label`` is ``"unknown"`` when the image's unknown-input
+    score is above the threshold that gives ``reject_target`` precision on validation (None or 0: never);
+    ``nearest`` is then the most probable class."""
     predictor = Predictor(run_dir, strategy, batch_size)
     files = expand_inputs(inputs)
-    probs, classes = predictor.probabilities(files), predictor.classes
+    probs, scores, threshold = predictor.unknown_scores(files, reject_target or None)
+    classes = predictor.classes
     results = []
-    for f, p in zip(files, probs):
+    for f, p, score in zip(files, probs, scores):
         order = np.argsort(-p, kind="stable")[:min(top_k, len(classes))]
         top = [(classes[i], float(p[i])) for i in order]
-        results.append({"file": str(f), "label": top[0][0], "prob": top[0][1], "top": top})
+        unknown = bool(reject_target) and score > threshold
+        results.append({"file": str(f), "label": UNKNOWN if unknown else top[0][0], "prob": top[0][1], "top": top,
+                        "nearest": top[0][0], "unknown_score": round(float(score), 4),
+                        "threshold": round(threshold, 4) if np.isfinite(threshold) else None})
     return results

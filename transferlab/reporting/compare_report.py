@@ -16,9 +16,10 @@ from sklearn.metrics import confusion_matrix
 from ..core.layout import ResultsFolder, RunFolder
 from ..models.saved import rebuild_model
 from ..train.calibration import reliability, scale
+from ..train.novelty import UnknownRule, risk_coverage
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
 from .explain import gradcam, plot_gradcam
-from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified, plot_reliability
+from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified, plot_reliability, plot_risk_coverage
 from .render import Section, render
 
 
@@ -163,6 +164,39 @@ def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
                    plot_reliability(curves, f"{best}: test set", plots / "reliability.png"))
 
 
+def _unknown(out: Path, metrics: dict, plots: Path) -> Section | None:
+    """The winner's unknown-input rule on the test split: the risk-coverage curve and the threshold."""
+    best = metrics["winner"]
+    run = next(r for r in metrics["runs"] if r["strategy"] == best)
+    folder = ResultsFolder(out).run(best, run["seed"])
+    splits_path, t = ResultsFolder(out).splits, run.get("scores", {}).get("temperature")
+    if t is None or not folder.unknown.is_file() or not folder.test_probs.is_file() or not splits_path.is_file():
+        return None
+    rule = UnknownRule(**json.loads(folder.unknown.read_text()))
+    with np.load(splits_path) as splits:
+        y = splits["labels"][splits["test"]]
+    probs = scale(np.load(folder.test_probs), t)
+    distance = None
+    if folder.distances.is_file():
+        with np.load(folder.distances) as saved:
+            distance = saved["test"]
+    scores, right = rule.score(probs, distance), probs.argmax(1) == y
+    coverage, accuracy = risk_coverage(scores, right)
+    accepted = scores <= rule.threshold
+    at = (float(accepted.mean()), float(right[accepted].mean()) if accepted.any() else 1.0)
+    signals = "the calibrated confidence and the distance to the nearest training image in the model's feature " \
+        "space" if rule.distance_mean is not None else "the calibrated confidence"
+    text = (f"predict answers 'unknown' when an image's score ({signals}, each standardised on validation) is above "
+            f"the threshold at which the accepted validation images are right {rule.target:.0%} of the time"
+            f"{'' if rule.reachable else ' (not reachable on validation: the most precise threshold is used)'}. "
+            f"On the test split it refuses {1 - at[0]:.1%} of the images, and is right on {at[1]:.1%} of the rest "
+            f"(against {right.mean():.1%} on all). --reject-target sets another precision; 0 turns it off.")
+    rows = [["", "images accepted", "accuracy among accepted"], ["all test images", "100%", _pct(right.mean())],
+            [f"at the threshold ({rule.threshold:.2f})", _pct(at[0]), _pct(at[1])]]
+    return Section(f"Unknown inputs ({best}, seed {run['seed']})", text, rows,
+                   plot_risk_coverage(coverage, accuracy, at, rule.target, f"{best}: test set", plots / "unknown.png"))
+
+
 # Each strategy that learns from the pool, beside the labelled-only strategy it is measured against.
 POOL_PAIRS = (("probe", "self-train"), ("scratch", "surrogate"), ("finetune", "surrogate-imagenet"))
 
@@ -249,6 +283,7 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
         _benefits(summary, history),
         *_winner_errors(out, metrics, manifest["data"]["classes"], images),
         _calibration(out, metrics, plots),
+        _unknown(out, metrics, plots),
         _unlabelled(summary, metrics, manifest),
         _how_run(manifest),
     ]

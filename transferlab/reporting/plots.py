@@ -128,3 +128,19 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]
     ax.set_title(title)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_risk_coverage(coverage: np.ndarray, accuracy: np.ndarray, chosen: tuple[float, float], target: float,
+                       title: str, path: Path) -> Path:
+    """Accuracy among the accepted images against the share accepted, most sure first, with the
+    threshold's point and the target precision."""
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.subplots()
+    ax.plot(coverage * 100, accuracy * 100, color="#2b7bba")
+    ax.axhline(target * 100, color="#999999", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    ax.plot([chosen[0] * 100], [chosen[1] * 100], "o", color="#d62728", label="the threshold (chosen on validation)")
+    ax.set_xlabel("images accepted (%)")
+    ax.set_ylabel("accuracy among accepted (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    return save_figure(fig, path)

@@ -147,10 +147,18 @@ def _logits(model: nn.Module, data: Batches, precision: Precision,
     return torch.cat(outs), torch.cat(ys)
 
 
-def predict_logits(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every example of ``data``, in order."""
-    logits, y = _logits(model, data, precision)
-    return logits.cpu(), y.cpu()
+@torch.no_grad()
+def predict_pooled(model: nn.Module, data: Batches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features (the head's input), float32 on the CPU, for every example of ``data``."""
+    model.eval()
+    logits, pooled = [], []
+    with folded(model, data, precision):
+        for x, _ in data.batches(None):
+            with precision.autocast():
+                feats = model.features(precision.to_input(x), data.level)
+                logits.append(model.head(feats).float().cpu())
+            pooled.append(feats.float().cpu())
+    return torch.cat(logits), torch.cat(pooled)
 
 
 def evaluate(model: nn.Module, data: Batches, precision: Precision,

@@ -39,8 +39,9 @@ from ..runtime.device import Precision, configure_torch
 from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .engine import PhaseContext, predict_logits
+from .engine import PhaseContext, predict_pooled
 from .features import FeatureStore, ImageSource, advance, encode
+from .novelty import MAX_TRAIN_FEATURES, nearest_distance, unit_rows
 from .records import RunResult
 from .runners import PhaseRun, runner_for
 from .scores import classification_scores
@@ -189,6 +190,25 @@ def save_predictions(run_dir: Path, test_probs: np.ndarray, val_probs: np.ndarra
             np.save(tmp, probs.astype(np.float32))
 
 
+def _train_features(model: TransferModel, inputs: PhaseInputs, prep: Prepared, level: int, pristine: bool,
+                    seed: int) -> torch.Tensor:
+    """The model's pooled features of the training images (the unknown-input distance is to them), unit
+    rows in float16; a random ``MAX_TRAIN_FEATURES`` of them when there are more."""
+    idx = prep.splits["train"]
+    if len(idx) > MAX_TRAIN_FEATURES:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, MAX_TRAIN_FEATURES, replace=False))
+    return unit_rows(predict_pooled(model, inputs.batches(idx, level, 1, pristine), prep.precision)[1]).half()
+
+
+def save_distances(folder: RunFolder, train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> None:
+    """The training features predict measures new images against, and the validation and test images'
+    distances to them (the unknown-input threshold is chosen on validation, the report shows test)."""
+    with atomic_path(folder.train_features) as tmp:
+        save_file({"features": train.contiguous()}, str(tmp))
+    with atomic_path(folder.distances) as tmp:
+        np.savez(tmp, val=nearest_distance(train, val), test=nearest_distance(train, test))
+
+
 def load_probabilities(path: Path, rows: int, classes: int | None, fix: str = "") -> np.ndarray:
     """Saved class probabilities (``rows`` x ``classes``, float) read back; a file cut short, of
     another shape or with values that are not probabilities is a ``DamagedFileError``."""
@@ -325,17 +345,20 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     # Final metrics at the cheapest exact level.
     pristine = not ckpt.state.body_changed
     level = model.pooled_level if pristine and store is not None else 0
-    test = inputs.batches(prep.splits["test"], level, 1, pristine)
-    val = inputs.batches(prep.splits["val"], level, 1, pristine)
-    logits, y = predict_logits(model, test, prep.precision)
-    val_logits, val_y = predict_logits(model, val, prep.precision)
+    labels = torch.as_tensor(prep.dataset.labels)
+    y, val_y = labels[prep.splits["test"]], labels[prep.splits["val"]]
+    logits, test_feats = predict_pooled(model, inputs.batches(prep.splits["test"], level, 1, pristine), prep.precision)
+    val_logits, val_feats = predict_pooled(model, inputs.batches(prep.splits["val"], level, 1, pristine),
+                                           prep.precision)
     val_acc = float((val_logits.argmax(1) == val_y).float().mean())
     seconds = time.perf_counter() - ckpt.t_start
+    train_feats = _train_features(model, inputs, prep, level, pristine, seed)
 
     if writes:
         _save_model(folder, model, {**model_config(backbone, len(classes), head, classes),
                                      "strategy": strategy_name, "seed": seed})
         save_predictions(run_dir, logits.softmax(1).numpy(), val_logits.softmax(1).numpy())
+        save_distances(folder, train_feats, val_feats, test_feats)
     history = ckpt.state.history
     result = RunResult(strategy_name, seed, float((logits.argmax(1) == y).float().mean()), val_acc,
                        float(F.cross_entropy(logits, y)), len(history), seconds,
