@@ -84,6 +84,7 @@ def test_dedupe_leaves_training_copies_out_and_keeps_test(leaky, tmp_path, capsy
     common = ["--strategies", "probe", *TINY, "--quiet"]
     main(["compare", "--data", str(leaky), "--out", str(tmp_path / "plain"), *common])
     assert "copies across splits" in " ".join(capsys.readouterr().err.split())
+    assert "Copies across splits" in (tmp_path / "plain" / "report.html").read_text()
     main(["compare", "--data", str(leaky), "--out", str(tmp_path / "dedupe"), "--dedupe", *common])
     with np.load(tmp_path / "plain" / "splits.npz") as plain, np.load(tmp_path / "dedupe" / "splits.npz") as dd:
         ds = load_dataset(leaky)
@@ -214,3 +215,20 @@ def test_a_digit_of_a_class_never_trained_on_is_unknown(tmp_path, capsys):
     # --reject-target 0 always answers a class.
     assert main(["predict", str(run), str(strangers), "--json", "--reject-target", "0"]) == 0
     assert not [r for r in json.loads(capsys.readouterr().out) if r["label"] == "unknown"]
+
+
+def test_a_csv_listing_a_file_twice_or_under_two_labels_is_caught(tmp_path):
+    root = split_folders(tmp_path / "imgs", {"train": 8})
+    files = sorted(root.rglob("*.png"))
+    rows = [(str(p), p.parent.name) for p in files]
+    rows += [rows[0], (rows[1][0], "class_2" if rows[1][1] != "class_2" else "class_0")]  # twice; two labels
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    ds = load_dataset(tmp_path / "labels.csv")
+    config = TrainConfig(model=ModelConfig(backbone="test_tiny"))
+    report = audit_prepared(prepare(ds, make_splits(ds), config), config)
+    conflicts = report.of_kind("label conflict")
+    assert {ds.paths[f.index].name for f in conflicts} == {files[1].name}
+    assert all("the same file under two labels" in f.detail for f in conflicts)
+    twice = [f for f in report.findings if f.kind in ("leak", "duplicate") and ds.paths[f.index] == files[0]]
+    assert len(twice) == 1 and ds.paths[twice[0].other] == files[0] and twice[0].score == 1.0

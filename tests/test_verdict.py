@@ -60,3 +60,6 @@ def test_compare_writes_the_verdict_into_metrics_report_and_console(class_folder
     assert "verdict:" in capsys.readouterr().out
     html = (out / "report.html").read_text()
     assert html.index("Verdict") < html.index("Results")
+    assert "Unknown inputs" in html and (out / "plots" / "unknown.png").is_file()
+    rule = json.loads(next(out.rglob("unknown.json")).read_text())
+    assert rule["target"] == 0.95 and rule["distance_mean"] is not None

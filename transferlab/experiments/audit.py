@@ -98,6 +98,7 @@ def copy_findings(ds: ImageDataset, splits: dict[str, np.ndarray], pairs: list[D
     where = _split_names(splits, len(ds))
     found: list[Finding] = []
     strength = {(p.first, p.second): p.similarity for p in pairs}
+    exact = {(p.first, p.second) for p in pairs if p.exact}
     for p in pairs:
         if ds.labels[p.first] != ds.labels[p.second]:
             same = ds.paths is not None and Path(ds.paths[p.first]).resolve() == Path(ds.paths[p.second]).resolve()
@@ -114,7 +115,7 @@ def copy_findings(ds: ImageDataset, splits: dict[str, np.ndarray], pairs: list[D
                 continue
             kind = "leak" if where[i] != where[keep] else "duplicate"
             score = max(strength.get((min(i, j), max(i, j)), 0.0) for j in group if j != i)
-            what = "the same pixels as" if score == 1.0 else "a near copy of"
+            what = "the same pixels as" if (min(i, keep), max(i, keep)) in exact else "a near copy of"
             found.append(Finding(i, kind, score, "", keep, f"{what} a {where[keep]} image"))
     return found
 

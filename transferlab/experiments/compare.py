@@ -212,9 +212,9 @@ def _check_copies(prep: Prepared, config: TrainConfig, dedupe: bool, quiet: bool
         if is_main() and not quiet:
             console.print(f"--dedupe: {len(drop)} training image(s) left out as copies of others", highlight=False)
         return
-    message = leak_warning(pairs, prep.splits)
-    if message and is_main():
-        warn(message)
+    prep.copies = leak_warning(pairs, prep.splits)
+    if prep.copies and is_main():
+        warn(prep.copies)
 
 
 def _equal_compute(config: TrainConfig) -> bool:

@@ -128,6 +128,7 @@ def write_results(out: Path, exp: Experiment, prep: Prepared, results: list[RunR
         "data": {"name": ds.name, "images": len(ds.labelled_labels), "classes": ds.classes,
                  "fingerprint": ds.fingerprint, "unlabelled": prep.pool.to_dict() if prep.pool else None,
                  "counts": ds.counts(), "imbalance_warning": ds.imbalance_warning(),
+                 "copies_across_splits": prep.copies,
                  "splits": {k: len(v) for k, v in prep.splits.items()},
                  "skipped": [{"file": f, "reason": r} for f, r in ds.skipped]},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -189,6 +190,7 @@ class ManifestData:
     classes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     imbalance_warning: str | None = None
+    copies_across_splits: str | None = None  # compare's warning about copies across the splits
     unlabelled: dict[str, Any] | None = None  # the pool: source, images kept, duplicates left out, skipped
     splits: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)

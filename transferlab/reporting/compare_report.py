@@ -271,9 +271,10 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
     manifest = json.loads(folder.manifest.read_text())
     history = read_history(out)
     summary, best = metrics["summary"], metrics["winner"]
-    imbalance = manifest["data"].get("imbalance_warning")
+    imbalance, copies = manifest["data"].get("imbalance_warning"), manifest["data"].get("copies_across_splits")
     sections = [
         _verdict(metrics.get("verdict")),
+        Section("Copies across splits", copies[0].upper() + copies[1:] + ".") if copies else None,
         Section("Class balance", imbalance[0].upper() + imbalance[1:] + ".") if imbalance else None,
         _results(summary, best, manifest, plots),
         Section("Learning curves",

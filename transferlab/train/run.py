@@ -61,6 +61,7 @@ class Prepared:
     images: ImageStore
     whole: tuple[ImageStore, np.ndarray] | None = field(default=None, repr=False)
     pool: PoolSummary | None = None  # with an unlabelled pool: its images are ``splits["pool"]``
+    copies: str | None = None  # the warning about copies across the splits, when compare found some
 
     def whole_images(self, quiet: bool = False) -> tuple[ImageStore, np.ndarray]:
         """The whole pictures squeezed into squares and their aspect ratios, for training crops from the
