@@ -14,7 +14,7 @@ benchmarks/audit.py: README).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,17 @@ def pixel_digests(squares: Iterable[np.ndarray]) -> list[bytes]:
     return [hashlib.blake2b(np.ascontiguousarray(s).tobytes(), digest_size=16).digest() for s in squares]
 
 
+GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+
+
+def grey_batches(squares: np.ndarray, indices: np.ndarray, batch: int = 128) -> Iterator[torch.Tensor]:
+    """The squares ``indices`` (of ``squares``, N x S x S x 3 uint8, possibly memory-mapped) as grey float32
+    images (B, S, S), ``batch`` at a time, so that no more than a batch is ever decoded into memory."""
+    weights = torch.tensor(GREY)
+    for s in range(0, len(indices), batch):
+        yield torch.from_numpy(np.stack([squares[i] for i in indices[s:s + batch]])).float() @ weights
+
+
 def _dct_matrix(n: int) -> torch.Tensor:
     """The orthonormal DCT-II matrix (n, n): ``D @ x`` transforms the columns of ``x``."""
     k = torch.arange(n, dtype=torch.float64)[:, None]
@@ -58,21 +69,21 @@ def _dct_matrix(n: int) -> torch.Tensor:
     return d
 
 
-def perceptual_hashes(squares: np.ndarray, batch: int = 512) -> np.ndarray:
-    """(N, 2, 64) bool: the perceptual hash of each square (N, S, S, 3) uint8 and of its mirror image."""
+def perceptual_hashes(squares: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(len(indices), 2, 64) bool: the perceptual hash of each square ``indices`` and of its mirror image."""
     d = _dct_matrix(HASH_SIDE)[:HASH_FREQS]
     # A mirror keeps every coefficient but negates those of odd horizontal frequency.
     mirror = torch.tensor([(-1.0) ** v for v in range(HASH_FREQS)], dtype=torch.float64)
-    out = np.zeros((len(squares), 2, HASH_FREQS * HASH_FREQS), bool)
-    grey_weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-    for s in range(0, len(squares), batch):
-        x = torch.from_numpy(np.asarray(squares[s:s + batch])).double() @ grey_weights  # (B, S, S)
-        small = F.adaptive_avg_pool2d(x[:, None], HASH_SIDE)[:, 0]
+    out = np.zeros((len(indices), 2, HASH_FREQS * HASH_FREQS), bool)
+    s = 0
+    for grey in grey_batches(squares, indices):
+        small = F.adaptive_avg_pool2d(grey[:, None].double(), HASH_SIDE)[:, 0]
         low = d @ small @ d.T  # (B, 8, 8): [vertical frequency, horizontal frequency]
         for m, coeffs in enumerate((low, low * mirror)):
-            flat = coeffs.reshape(len(x), -1)
+            flat = coeffs.reshape(len(grey), -1)
             median = flat[:, 1:].median(dim=1, keepdim=True).values  # the DC term says only how bright
-            out[s:s + batch, m] = (flat > median).numpy()
+            out[s:s + len(grey), m] = (flat > median).numpy()
+        s += len(grey)
     return out
 
 
@@ -88,13 +99,9 @@ def hash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def thumbnails(squares: np.ndarray, indices: np.ndarray, side: int = THUMB_SIDE, batch: int = 128) -> torch.Tensor:
+def thumbnails(squares: np.ndarray, indices: np.ndarray, side: int = THUMB_SIDE) -> torch.Tensor:
     """Grey thumbnails (len(indices), side, side) of the squares ``indices``, float32."""
-    weights = torch.tensor([0.299, 0.587, 0.114])
-    out = []
-    for s in range(0, len(indices), batch):
-        x = torch.from_numpy(np.stack([squares[i] for i in indices[s:s + batch]])).float() @ weights
-        out.append(F.adaptive_avg_pool2d(x[:, None], side)[:, 0])
+    out = [F.adaptive_avg_pool2d(grey[:, None], side)[:, 0] for grey in grey_batches(squares, indices)]
     return torch.cat(out) if out else torch.zeros(0, side, side)
 
 
@@ -149,7 +156,7 @@ def find_duplicates(squares: np.ndarray, indices: np.ndarray, features: np.ndarr
     if len(idx) < 2:
         return []
     digests = pixel_digests(squares[i] for i in idx)
-    hashes = perceptual_hashes(np.stack([squares[i] for i in idx]))
+    hashes = perceptual_hashes(squares, idx)
     unit = None if features is None else features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     rows, cols = [], []
     for s in range(0, len(idx), 2048):
@@ -175,7 +182,7 @@ def find_duplicates(squares: np.ndarray, indices: np.ndarray, features: np.ndarr
             pairs.append(DuplicatePair(int(idx[a[k]]), int(idx[b[k]]), exact,
                                        1.0 if exact else float(min(1.0, ncc[k] if unit is None else
                                                                    (ncc[k] + cos[k]) / 2))))
-    return sorted(pairs, key=lambda p: (min(p.first, p.second), max(p.first, p.second)))
+    return sorted(pairs, key=lambda p: (p.first, p.second))
 
 
 def duplicate_groups(pairs: list[DuplicatePair]) -> list[list[int]]:

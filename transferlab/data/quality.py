@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .datasets import ImageDataset
+from .duplicates import grey_batches
 
 TINY_SIDE = 64  # short side in px below which an image is upscaled more than 3x for a 224 px input
 UNIFORM_STD = 6.0  # grey standard deviation (0..255) below which an image is nearly one colour
@@ -44,13 +45,11 @@ def short_sides(ds: ImageDataset, indices: np.ndarray) -> np.ndarray:
     return np.array(sides, np.int64)
 
 
-def grey_measures(squares: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per square (N, S, S, 3) uint8: the grey mean, standard deviation and Laplacian variance."""
+def grey_measures(squares: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per square ``indices``: the grey mean, standard deviation and Laplacian variance."""
     lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
-    weights = torch.tensor([0.299, 0.587, 0.114])
     means, stds, blurs = [], [], []
-    for s in range(0, len(squares), batch):
-        grey = torch.from_numpy(np.asarray(squares[s:s + batch])).float() @ weights  # (B, S, S)
+    for grey in grey_batches(squares, indices):  # (B, S, S)
         means.append(grey.mean((1, 2)))
         stds.append(grey.std((1, 2)))
         blurs.append(F.conv2d(grey[:, None], lap).var((1, 2, 3)))
@@ -62,7 +61,7 @@ def grey_measures(squares: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np
 def quality_issues(squares: np.ndarray, indices: np.ndarray, short_sides: np.ndarray) -> list[QualityIssue]:
     """The low-quality images among ``indices`` (their squares in ``squares``, their original short
     sides in ``short_sides``, one per index)."""
-    mean, std, blur = grey_measures(np.stack([squares[i] for i in indices]) if len(indices) else squares[:0])
+    mean, std, blur = grey_measures(squares, indices)
     found = []
     for k, i in enumerate(indices):
         i = int(i)
