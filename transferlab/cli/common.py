@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 # Results go to stdout; progress and errors go to stderr (core.progress.console).
-out = Console(emoji=False)
+out = Console(emoji=False, soft_wrap=True)  # piped output: whole lines, never wrapped at 80 columns
 
 
 def numbered_out(base: str, resume: bool) -> str:

@@ -40,10 +40,17 @@ def run_suggest(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    """Write ONNX or TorchScript, checked against PyTorch."""
-    path, diff = export_model(args.run_dir, args.format, args.out, args.strategy)
-    out.print(f"wrote {path} (max abs difference to PyTorch on test inputs: {diff:.2e})", markup=False,
-              highlight=False)
+    """Write ONNX or TorchScript (and an int8 ONNX), checked against predict."""
+    done = export_model(args.run_dir, args.format, args.out, args.strategy, int8=args.int8)
+    out.print(f"wrote {done.path} (probabilities within {done.max_abs_diff:.1e} of predict on the run's images), "
+              f"{done.path.name}.json (classes, preprocessing, temperature, unknown threshold) and "
+              f"{done.path.parent / 'MODEL_CARD.md'}", markup=False, highlight=False)
+    if args.format == "onnx":
+        out.print(f"try it: python {done.path.parent / 'predict_with_onnx.py'} IMAGE", markup=False,
+                  highlight=False)
+    for row in done.table:
+        out.print(f"{row['model']}: {row['file']}  {row['mb']} MB  {row['ms_per_image']} ms per image  "
+                  f"test accuracy {row['test_acc']:.1%}", markup=False, highlight=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,4 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     e.add_argument("--out", help="file to write (default: beside the model)")
     e.add_argument("--strategy", help="export this strategy's model instead of the winner")
+    e.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (static quantization calibrated "
+                                                       "on training images; refused if it loses over 1 point of test "
+                                                       "accuracy)")
     e.set_defaults(handler=run_export, subparser=e)

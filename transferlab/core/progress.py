@@ -22,7 +22,7 @@ from .errors import TransferlabWarning
 _python_showwarning = warnings.showwarning
 
 # emoji=False: a file or class name like "a:fire:b" is printed as it is.
-console = Console(stderr=True, emoji=False)
+console = Console(stderr=True, emoji=False, soft_wrap=True)
 
 
 class _Bar:

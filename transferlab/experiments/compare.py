@@ -29,6 +29,7 @@ from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
 from ..reporting.mlflow_log import check_store
+from ..reporting.model_card import write_model_card
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
 from ..train.run import Prepared, RunResult, prepare, train_one
@@ -171,6 +172,8 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         calibrate_runs(out, prep, results)
         metrics = write_results(out, exp, prep, ordered(results), started, command)
         build_report(out, prep.cache)
+        best = max((r for r in results if r.strategy == metrics["winner"]), key=lambda r: r.val_acc)
+        write_model_card(out, model_folder(out, best.strategy, best.seed))
         track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"], mlflow)
     return broadcast(metrics)
 

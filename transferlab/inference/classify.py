@@ -11,32 +11,45 @@ from PIL import Image
 from ..core.errors import DataError
 from ..data.imagecache import cache_side, resize_center
 from ..data.images import open_rgb, to_rgb
-from ..data.transforms import eval_batch
+from .inputs import array_image
+from ..data.transforms import normalise
 from ..models.backbone import DEFAULT_BACKBONE
 from ..models.catalog import create_backbone
 
 
-def preprocess(images: list, data_config: dict) -> torch.Tensor:
-    """Decode, resize and centre-crop images exactly as the training pipeline evaluates them: files,
-    or PIL images and uint8 (H, W, 3) arrays already in memory."""
-    side = cache_side(data_config)
+def pixels(images: list, data_config: dict) -> np.ndarray:
+    """The uint8 (N, S, S, 3) centre crops that the model sees, decoded and resized exactly as the training
+    pipeline evaluates images: files, Pillow images, or arrays and tensors (``inference.inputs``)."""
+    side, size = cache_side(data_config), data_config["input_size"][-1]
+    top = (side - size) // 2
     arrays = []
-    for path in images:
-        if isinstance(path, Image.Image | np.ndarray):
-            img = to_rgb(path if isinstance(path, Image.Image) else Image.fromarray(np.asarray(path, dtype=np.uint8)))
-            arrays.append(resize_center(img, side, data_config["interpolation"]))
-            continue
-        try:
-            arrays.append(resize_center(open_rgb(path, draft_size=side), side, data_config["interpolation"]))
-        except FileNotFoundError:
-            raise DataError(f"{path} does not exist") from None
-        except PermissionError:
-            raise DataError(f"{path} cannot be read: permission denied") from None
-        except Image.DecompressionBombError as exc:
-            raise DataError(f"{path} is too large to decode safely ({exc})") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{path} is not a readable image ({exc})") from None
-    return eval_batch(np.stack(arrays), data_config)
+    for item in images:
+        if isinstance(item, Image.Image | np.ndarray):
+            img = to_rgb(item) if isinstance(item, Image.Image) else array_image(item)
+            square = resize_center(img, side, data_config["interpolation"])
+        else:
+            square = resize_center(read_image(item, side), side, data_config["interpolation"])
+        arrays.append(square[top:top + size, top:top + size])
+    return np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+
+
+def read_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """An image file decoded to RGB; every way it can fail is a ``DataError`` that names the file."""
+    try:
+        return open_rgb(path, draft_size=draft_size)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except PermissionError:
+        raise DataError(f"{path} cannot be read: permission denied") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path} is too large to decode safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path} is not a readable image ({exc})") from None
+
+
+def preprocess(images: list, data_config: dict) -> torch.Tensor:
+    """The normalised (N, 3, H, W) batch the model takes, from ``pixels``."""
+    return normalise(torch.from_numpy(pixels(images, data_config)).permute(0, 3, 1, 2), data_config).contiguous()
 
 
 def imagenet_names() -> list[str]:

@@ -57,3 +57,14 @@ def plot_gradcam(images: np.ndarray, maps: np.ndarray, captions: list[str], size
     for ax in axes:
         ax.axis("off")
     return save_figure(fig, path)
+
+
+def overlay(images: np.ndarray, maps: np.ndarray, size: int, alpha: float = 0.45) -> np.ndarray:
+    """Each image's centre crop (uint8 squares N, S, S, 3) with its heat map (N, size, size) blended over
+    it in the jet colours of ``plot_gradcam``: uint8 (N, size, size, 3)."""
+    from matplotlib import colormaps
+
+    top = (images.shape[1] - size) // 2
+    crops = images[:, top:top + size, top:top + size].astype(np.float32)
+    heat = colormaps["jet"](np.clip(maps, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - alpha) * crops + alpha * heat, 0, 255).astype(np.uint8)
