@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..core.errors import TransferlabError
 from ..inference.export import export_model
 from ..inference.predict import predict
 from ..train.novelty import DEFAULT_TARGET
@@ -53,6 +54,23 @@ def run_export(args: argparse.Namespace) -> None:
                   f"test accuracy {row['test_acc']:.1%}", markup=False, highlight=False)
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    """Serve a run's model (or its ONNX export) over HTTP, with the page at /."""
+    try:
+        from ..inference.server import Limits, serve
+    except ImportError:
+        raise TransferlabError("serve needs starlette, uvicorn and python-multipart: "
+                               "pip install 'transferlab[serve]'") from None
+    from ..inference.backends import load_backend
+
+    backend = load_backend(args.run_dir, args.strategy, args.onnx)
+    out.print(f"serving {backend.kind} model of {backend.folder} ({len(backend.classes)} classes): "
+              f"page http://{args.host}:{args.port}/  api POST http://{args.host}:{args.port}/predict  "
+              "(Ctrl-C stops)", markup=False, highlight=False)
+    serve(backend, args.host, args.port, args.max_batch, args.batch_window_ms,
+          Limits(max_upload_mb=args.max_upload_mb, max_images=args.max_images), quiet=args.quiet)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add predict and export."""
     p = sub.add_parser("predict", help="label images with a trained run")
@@ -86,3 +104,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "on training images; refused if it loses over 1 point of test "
                                                        "accuracy)")
     e.set_defaults(handler=run_export, subparser=e)
+
+    v = sub.add_parser("serve", help="serve a run's model over HTTP: POST /predict, GET /model, and a page to try it")
+    v.add_argument("run_dir")
+    v.add_argument("--strategy", help="serve this strategy's model instead of the winner")
+    v.add_argument("--onnx", help="serve this ONNX export (onnxruntime) instead of the PyTorch model")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=number(int, 1, 65535), default=8000, help="default: 8000")
+    v.add_argument("--max-batch", type=number(int, 1), default=8,
+                   help="images run through the model together, from concurrent requests (default: 8, the fastest on a "
+                        "2-core CPU in benchmarks/serve.py; 1: one request at a time)")
+    v.add_argument("--batch-window-ms", type=number(float, 0), default=5.0,
+                   help="how long a batch waits for more requests (default: 5)")
+    v.add_argument("--max-upload-mb", type=number(float, 0.01), default=20.0, help="largest request (default: 20)")
+    v.add_argument("--max-images", type=number(int, 1), default=64, help="images per request (default: 64)")
+    v.add_argument("--quiet", action="store_true", help="no access log")
+    v.set_defaults(handler=run_serve, subparser=v)

@@ -51,8 +51,8 @@ def _check_out(out: Path, exp: Experiment, resume: bool) -> None:
     if not out.is_dir() or not folder.config.is_file():
         return
     if not resume and folder.has_runs():
-        raise TransferlabError(f"{out} already holds results; pass --resume to continue them, "
-                               "or choose another --out")
+        raise TransferlabError(f"{out} already holds results; pass --resume (resume=True in the Python "
+                               "API) to continue them, or choose another --out")
     if resume and read_config_yaml(folder.config) != to_dict(exp):
         raise TransferlabError(f"{out} was made with other settings; resume with the same options "
                                f"(saved in {folder.config}) or choose another --out")

@@ -11,10 +11,10 @@ from PIL import Image
 from ..core.errors import DataError
 from ..data.imagecache import cache_side, resize_center
 from ..data.images import open_rgb, to_rgb
-from .inputs import array_image
 from ..data.transforms import normalise
 from ..models.backbone import DEFAULT_BACKBONE
 from ..models.catalog import create_backbone
+from .inputs import array_image
 
 
 def pixels(images: list, data_config: dict) -> np.ndarray:

@@ -58,7 +58,8 @@ class PixelClassifier(nn.Module):
         self.temperature = float(temperature)
         self.rule = rule
         use_distance = rule is not None and rule.distance_mean is not None and train_features is not None
-        self.register_buffer("train_rows", unit_rows(train_features) if use_distance else None)
+        # As predict measures it: the stored unit rows as they are (fp16, not normalised again).
+        self.register_buffer("train_rows", train_features.float() if use_distance else None)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
@@ -200,7 +201,8 @@ def _float_convolutions(path: Path) -> list[str]:
 def quantize_int8(fp32: Path, path: Path, data: tuple[np.ndarray, dict], size: int) -> list[dict[str, Any]]:
     """Write the int8 model of ``fp32`` (static, QDQ, per-channel weights; calibrated on up to 128
     training images); measure both on the run's test images and refuse the int8 one beyond a 1-point
-    drop (see ``_float_convolutions`` for what stays in float). Returns a row per model: file, MB, median ms per image, test accuracy."""
+    drop (see ``_float_convolutions`` for what stays in float). Returns a row per model: file, MB,
+    median ms per image, test accuracy."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     squares, splits = data

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from ..data.imagecache import cache_side
 from ..data.images import to_rgb
 from .backends import model_card_of, square
 from .batching import MicroBatcher
@@ -124,7 +125,7 @@ async def _form_images(request: Request, body: bytes, limits: Limits) -> list[tu
     return found
 
 
-def _decode(name: str, data: bytes, limits: Limits) -> Image.Image:
+def _decode(name: str, data: bytes, limits: Limits, side: int) -> Image.Image:
     """An RGB image from uploaded bytes; its size is checked from the header before any pixel is decoded."""
     if not data:
         raise BadRequest(400, f"{name} is empty")
@@ -133,7 +134,7 @@ def _decode(name: str, data: bytes, limits: Limits) -> Image.Image:
             w, h = img.size
             if w * h > limits.max_pixels:
                 raise BadRequest(413, f"{name} is {w} x {h} pixels; at most {limits.max_pixels / 1e6:.0f} megapixels")
-            img.draft("RGB", (1024, 1024))  # JPEGs decode at a reduced scale that still covers the model's side
+            img.draft("RGB", (side, side))  # as predict decodes a file: big JPEGs at 1/2 .. 1/8 scale
             img.load()
             return to_rgb(img)
     except BadRequest:
@@ -142,6 +143,35 @@ def _decode(name: str, data: bytes, limits: Limits) -> Image.Image:
         raise BadRequest(413, f"{name} declares too many pixels to decode safely") from None
     except Exception:  # noqa: BLE001 - text, truncated or corrupt files: all are "not an image"
         raise BadRequest(415, f"{name} is not a readable image (JPEG, PNG, WebP, BMP, GIF ...)") from None
+
+
+def _options(request: Request, classes: int) -> tuple[int, bool]:
+    """``top_k`` (1..classes) and ``explain`` from the query string."""
+    try:
+        top_k = int(request.query_params.get("top_k", 3))
+    except ValueError:
+        raise BadRequest(400, "top_k must be a whole number") from None
+    return max(1, min(top_k, classes)), request.query_params.get("explain", "0") not in ("0", "", "false")
+
+
+async def _request_squares(request: Request, limits: Limits, cfg: dict[str, Any]) -> list[np.ndarray]:
+    """The images of a request as the squares ``predict`` makes; every problem is a ``BadRequest``."""
+    body = await _read_body(request, int(limits.max_upload_mb * 2**20))
+    if not body:
+        raise BadRequest(400, "the request has no body: send images as multipart files or JSON base64")
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        blobs = await _form_images(request, body, limits)
+    elif kind.startswith("application/json") or body[:1] in (b"{", b"["):
+        blobs = await _json_images(body)
+    else:
+        raise BadRequest(415, f"content type {kind or 'none'!r}: send multipart/form-data or application/json")
+    if not blobs:
+        raise BadRequest(400, "the request holds no image")
+    if len(blobs) > limits.max_images:
+        raise BadRequest(413, f"{len(blobs)} images in one request; at most {limits.max_images}")
+    side = cache_side(cfg)
+    return await run_in_threadpool(lambda: [square(_decode(n, b, limits, side), cfg) for n, b in blobs])
 
 
 def _answers(probs: np.ndarray, scores: np.ndarray, threshold: float, classes: list[str],
@@ -158,7 +188,23 @@ def _answers(probs: np.ndarray, scores: np.ndarray, threshold: float, classes: l
     return rows
 
 
-def make_app(backend, max_batch: int = 32, window_ms: float = 5.0, limits: Limits | None = None) -> Starlette:
+async def _explain(batcher: MicroBatcher, backend, squares: list[np.ndarray], answers: list[dict]) -> None:
+    """Add each answer's Grad-CAM overlay (for its most probable class), computed in the model thread."""
+    targets = np.array([backend.classes.index(a["nearest"]) for a in answers[:len(squares)]])
+    maps = await batcher.run_alone(lambda: backend.explain(squares, targets))
+    for a, m in zip(answers, maps):
+        a["gradcam"] = m
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return _error(getattr(exc, "status_code", 404), getattr(exc, "detail", None) or "not found")
+
+
+async def _crashed(request: Request, exc: Exception) -> JSONResponse:
+    return _error(500, f"the server failed on this request ({type(exc).__name__}); it keeps running")
+
+
+def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits | None = None) -> Starlette:
     """The ASGI app serving ``backend`` (``inference.backends``); ``max_batch=1`` serves one request at a time."""
     limits = limits or Limits()
     cfg = backend.data_config
@@ -172,37 +218,15 @@ def make_app(backend, max_batch: int = 32, window_ms: float = 5.0, limits: Limit
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
-            top_k = int(request.query_params.get("top_k", 3))
-        except ValueError:
-            return _error(400, "top_k must be a whole number")
-        top_k = max(1, min(top_k, len(backend.classes)))
-        explain = request.query_params.get("explain", "0") not in ("0", "", "false")
-        try:
-            body = await _read_body(request, int(limits.max_upload_mb * 2**20))
-            if not body:
-                raise BadRequest(400, "the request has no body: send images as multipart files or JSON base64")
-            kind = request.headers.get("content-type", "")
-            if kind.startswith("multipart/form-data"):
-                blobs = await _form_images(request, body, limits)
-            elif kind.startswith("application/json") or body[:1] in (b"{", b"["):
-                blobs = await _json_images(body)
-            else:
-                raise BadRequest(415, f"content type {kind or 'none'!r}: send multipart/form-data or application/json")
-            if not blobs:
-                raise BadRequest(400, "the request holds no image")
-            if len(blobs) > limits.max_images:
-                raise BadRequest(413, f"{len(blobs)} images in one request; at most {limits.max_images}")
-            squares = await run_in_threadpool(lambda: [square(_decode(n, b, limits), cfg) for n, b in blobs])
+            top_k, explain = _options(request, len(backend.classes))
+            squares = await _request_squares(request, limits, cfg)
         except BadRequest as exc:
             return _error(exc.status, exc.message)
         rows = await batcher.submit(squares)
         answers = _answers(np.stack([p for p, _ in rows]), np.array([s for _, s in rows]), backend.threshold,
                            backend.classes, top_k)
         if explain:
-            targets = np.array([backend.classes.index(a["nearest"]) for a in answers[:limits.max_explain]])
-            maps = await batcher.run_alone(lambda: backend.explain(squares[:limits.max_explain], targets))
-            for a, m in zip(answers, maps):
-                a["gradcam"] = m
+            await _explain(batcher, backend, squares[:limits.max_explain], answers)
         return JSONResponse({"predictions": answers, "backend": backend.kind,
                              "seconds": round(time.perf_counter() - started, 4)})
 
@@ -217,13 +241,6 @@ def make_app(backend, max_batch: int = 32, window_ms: float = 5.0, limits: Limit
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        status = getattr(exc, "status_code", 404)
-        return _error(status, getattr(exc, "detail", None) or "not found")
-
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"the server failed on this request ({type(exc).__name__}); it keeps running")
-
     @asynccontextmanager
     async def lifespan(app: Starlette):
         await batcher.start()
@@ -233,12 +250,12 @@ def make_app(backend, max_batch: int = 32, window_ms: float = 5.0, limits: Limit
     routes = [Route("/predict", predict, methods=["POST"]), Route("/model", model), Route("/health", health),
               Route("/", page)]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: not_found, Exception: crashed})
+                    exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed})
     app.state.batcher = batcher
     return app
 
 
-def serve(backend, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, window_ms: float = 5.0,
+def serve(backend, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, window_ms: float = 5.0,
           limits: Limits | None = None, quiet: bool = False) -> None:
     """Run the server until interrupted."""
     import uvicorn
