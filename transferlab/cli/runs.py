@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import enum
+import time
 from pathlib import Path
 
 from ..core.config import flatten
+from ..core.layout import ResultsFolder
 from ..experiments.compare import CompareConfig, compare, load_experiment
 from ..reporting.mlflow_log import DEFAULT as MLFLOW_DEFAULT
-from ..reporting.mlflow_log import store_uri
+from ..reporting.mlflow_log import mlflow_ui_command, store_uri
 from ..runtime.distributed import broadcast
 from ..train.config import DataConfig, TrainConfig
 from ..train.strategies import list_strategies
@@ -34,17 +36,24 @@ def _add_run_options(p: argparse.ArgumentParser, defaults: dict | None = None, s
 
 
 def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: str = "") -> None:
+    started = time.time()
     out_dir = broadcast(out_dir)  # a numbered default is picked once, by rank 0 of a torchrun job
     data = config_from_args(DataConfig, args)
     metrics = compare(data, config_from_args(TrainConfig, args), out_dir, plan, resume=args.resume, quiet=args.quiet,
                       command=command, mlflow=args.mlflow)
     print_summary(metrics, out_dir)
-    out.print(f"curves: tensorboard --logdir {Path(out_dir) / 'tensorboard'}", markup=False, highlight=False)
+    say = lambda text: out.print(text, markup=False, highlight=False)  # noqa: E731
+    say(f"curves: tensorboard --logdir {Path(out_dir) / 'tensorboard'}")
     if args.mlflow:
         uri = store_uri(Path(out_dir), args.mlflow)
         local = uri.startswith(("sqlite:", "file:", "/"))
-        out.print(f"mlflow: mlflow ui --backend-store-uri {uri}" if local else f"mlflow: logged to {uri}",
-                  markup=False, highlight=False)
+        say(f"mlflow: {mlflow_ui_command(uri)}" if local else f"mlflow: logged to {uri}")
+    folder = ResultsFolder(Path(out_dir))
+    took = time.time() - started
+    say(f"report: {folder.report_html.resolve()}  (model card: {folder.path.resolve() / 'MODEL_CARD.md'}; "
+        f"all of it took {took // 60:.0f} min {took % 60:.0f} s)")
+    say(f"next: transferlab predict {out_dir} IMAGE_OR_FOLDER  |  transferlab export {out_dir} --int8  |  "
+        f"transferlab serve {out_dir}")
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -66,7 +75,6 @@ def run_demo(args: argparse.Namespace) -> None:
     out.print(f"demo: {', '.join(plan.strategies)} on {args.source} (scikit-learn's digits) with {args.backbone} "
               f"at {args.image_size}px -> {args.out}", markup=False, highlight=False)
     _run(args, plan, args.out, command=f"transferlab demo --out {args.out}")
-    out.print(f"report: {Path(args.out).resolve() / 'report.html'}", markup=False, highlight=False)
 
 
 def apply_config_file(args: argparse.Namespace, argv: list[str] | None) -> argparse.Namespace:

@@ -152,12 +152,15 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         return sorted(rs, key=lambda r: (plan.strategies.index(r.strategy), r.seed))
 
     metrics: dict[str, Any] = {}
+    all_jobs = [(s, seed) for wave in _waves(plan, config) for s in wave for seed in range(plan.seeds)]
     for wave in _waves(plan, config):
         mine: list[RunResult] = []
         jobs = [(s, seed) for s in wave for seed in range(plan.seeds)]
         for strategy, seed in my_share(jobs) if by_runs else jobs:
             if not quiet:
-                console.print(f"[bold]{strategy}[/bold] seed {seed}")
+                finished = results + mine
+                todo = [s for s, q in all_jobs if not any(r.strategy == s and r.seed == q for r in finished)]
+                console.print(_run_line(strategy, seed, finished, todo), highlight=False)
             budget = _equal_compute_budget(strategy, seed, results, config)
             mine.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
                                   resume=resume, quiet=quiet, budget=budget))
@@ -176,6 +179,18 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         write_model_card(out, model_folder(out, best.strategy, best.seed))
         track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"], mlflow)
     return broadcast(metrics)
+
+
+def _run_line(strategy: str, seed: int, done: list[RunResult], todo: list[str]) -> str:
+    """"run 3 of 6: finetune seed 0 (about 4 min left)". The estimate counts, for every run still to go
+    (``todo``, this one included), the mean time of that strategy's finished runs, or of all of them."""
+    k, total = len(done) + 1, len(done) + len(todo)
+    line = f"[bold]run {k} of {total}: {strategy}[/bold] seed {seed}"
+    if done:
+        overall = float(np.mean([r.seconds for r in done]))
+        left = sum(float(np.mean([r.seconds for r in done if r.strategy == s] or [overall])) for s in todo)
+        line += f" (about {left / 60:.0f} min left)" if left >= 90 else f" (about {left:.0f} s left)"
+    return line
 
 
 def _resolve_parallel(exp: Experiment) -> Experiment:

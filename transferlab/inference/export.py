@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, write_json, write_text
-from ..core.layout import ResultsFolder
+from ..core.layout import ResultsFolder, RunFolder
 from ..data.builtin import load_dataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..experiments.experiment import load_experiment
@@ -259,7 +259,7 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     if int8 and fmt != "onnx":
         raise TransferlabError("--int8 quantizes the ONNX export; use --format onnx")
     predictor = Predictor(run_dir, strategy)
-    if len(predictor.models) != 1:
+    if RunFolder(predictor.folder).is_ensemble():
         raise TransferlabError(f"{predictor.folder} is an ensemble of several models, not one model; export a "
                                "member with --strategy")
     (model, info), _ = predictor.models[0]

@@ -61,7 +61,7 @@ def _results(summary: dict, best: str, manifest: dict, plots: Path) -> Section:
         text += (f" BatchNorm: in {', '.join(fallback)} the whole-model phase with batch statistics never beat "
                  "the head warm-up, so it ran again with the pretrained statistics frozen (the curves show that "
                  "second run; the seconds include both).")
-    return Section("Results", text, rows, plot_accuracy(summary, plots / "accuracy.png"))
+    return Section("Results", text, rows, plot_accuracy(summary, plots / "accuracy.png", best))
 
 
 def _benefits(summary: dict, history: list[dict[str, Any]]) -> Section | None:
@@ -108,7 +108,9 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
               if "macro_f1" in scores else "")
     sections = [Section(f"Confusion matrix and per-class scores of the winner ({best})", quoted, per_class,
                         plot_confusion(cm, classes, f"{best}: test set", plots / "confusion.png"))]
-    wrong = np.flatnonzero(y_pred != y_true)
+    probs_path = results.run(best, seed).test_probs
+    conf = np.load(probs_path).max(1) if probs_path.is_file() else np.zeros(len(y_true))
+    wrong = spread_over_classes(np.flatnonzero(y_pred != y_true), y_true, conf)
     if images is not None and len(wrong):
         grid = plot_misclassified([np.asarray(images[test_idx[i]]) for i in wrong[:32]],
                                   [f"{classes[y_true[i]]} → {classes[y_pred[i]]}" for i in wrong[:32]],
@@ -116,11 +118,20 @@ def _winner_errors(out: Path, metrics: dict, classes: list[str], images: np.ndar
         sections.append(Section("Misclassified test images (true → predicted)",
                                 f"{len(wrong)} of {len(y_true)} test images.", image=grid))
     if images is not None:
-        picked = np.concatenate([wrong[:8], np.flatnonzero(y_pred == y_true)[:4]])
+        right = spread_over_classes(np.flatnonzero(y_pred == y_true), y_true, conf)
+        picked = np.concatenate([wrong[:8], right[:4]])
         sections.append(_explanations(results.run(best, seed).path, images[test_idx[picked]],
                                       [f"{classes[y_true[i]]} → {classes[y_pred[i]]}" for i in picked],
                                       y_pred[picked], plots))
     return sections
+
+
+def spread_over_classes(indices: np.ndarray, y: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """``indices`` reordered to take each class in turn, the most confident first within a class: a grid of
+    the first few then shows every class (and the surest mistakes), not the first class's images only."""
+    by_class = [sorted(indices[y[indices] == c], key=lambda i: -confidence[i]) for c in np.unique(y[indices])]
+    order = [group[k] for k in range(max(map(len, by_class), default=0)) for group in by_class if k < len(group)]
+    return np.array(order, dtype=int)
 
 
 def _explanations(folder: Path, images: np.ndarray, captions: list[str], targets: np.ndarray,
@@ -155,13 +166,16 @@ def _calibration(out: Path, metrics: dict, plots: Path) -> Section | None:
     with np.load(splits_path) as splits:
         y = splits["labels"][splits["test"]]
     probs, t = np.load(folder.test_probs), scores["temperature"]
-    curves = {"as trained": reliability(probs, y), f"temperature {t:.2f}": reliability(scale(probs, t), y)}
+    bins = int(np.clip(len(y) // 20, 5, 15))  # about 20 images a bin: 15 bins of 80 images are mostly noise
+    curves = {"as trained": reliability(probs, y, bins),
+              f"temperature {t:.2f}": reliability(scale(probs, t), y, bins)}
     rows = [["", "expected calibration error (test)"], ["as trained", _pct(scores["ece"])],
             [f"temperature scaled (T = {t:.2f}, fitted on validation)", _pct(scores["ece_calibrated"])]]
-    text = ("How far the winner's confidence is from its accuracy (15 equal-width bins; Guo et al. 2017). "
+    text = ("How far the winner's confidence is from its accuracy (the error over 15 equal-width bins; Guo et al. "
+            f"2017; the diagram uses {bins} bins, numbers: images per point). "
             "The temperature is fitted on the validation split; predict reports the scaled probabilities.")
     return Section(f"Calibration of the winner ({best}, seed {run['seed']})", text, rows,
-                   plot_reliability(curves, f"{best}: test set", plots / "reliability.png"))
+                   plot_reliability(curves, f"{best}: test set", plots / "reliability.png", len(y)))
 
 
 def _unknown(out: Path, metrics: dict, plots: Path) -> Section | None:

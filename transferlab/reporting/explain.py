@@ -53,7 +53,7 @@ def plot_gradcam(images: np.ndarray, maps: np.ndarray, captions: list[str], size
     for ax, img, heat, cap in zip(axes, images, maps, captions):
         ax.imshow(img[top:top + size, top:top + size])
         ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(cap, fontsize=7)
+        ax.set_title(cap, fontsize=9)
     for ax in axes:
         ax.axis("off")
     return save_figure(fig, path)

@@ -29,6 +29,7 @@ import numpy as np
 from ..core.errors import TransferlabError
 from ..core.io import read_json, write_json
 from ..core.layout import ResultsFolder
+from ..core.progress import warn
 from .plots import confusion_figure
 from .tracking import flat_settings, runs_seed
 
@@ -42,6 +43,17 @@ def store_uri(out: Path, uri: str | None) -> str:
     if uri in (None, "", DEFAULT):
         return f"sqlite:///{(Path(out) / 'mlflow' / 'mlflow.db').resolve()}"
     return uri
+
+
+def mlflow_ui_command(uri: str) -> str:
+    """The command that shows a local store: ``mlflow ui``, which needs MLflow's server (flask); where
+    only mlflow-skinny is installed, the install comes first."""
+    import importlib.util
+
+    ui = f"mlflow ui --backend-store-uri {uri}"
+    if importlib.util.find_spec("flask") is None:
+        return f"pip install 'transferlab[mlflow]' && {ui}  (the UI needs MLflow's server, which is not installed)"
+    return ui
 
 
 @contextlib.contextmanager
@@ -194,9 +206,22 @@ def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: lis
         for path in (folder.report_html, folder.report_md, folder.metrics, folder.config):
             if path.is_file():
                 client.log_artifact(parent.info.run_id, str(path))
+        if winner is not None:
+            _log_model(client, parent.info.run_id, folder.run(winner, runs_seed(runs, winner)).path)
         client.set_terminated(parent.info.run_id)
     write_json(ResultsFolder(out).mlflow, {"uri": resolved, "experiment_id": experiment, "runs": ids})
     return parent.info.run_id
+
+
+def _log_model(client: Any, run_id: str, model_dir: Path) -> None:
+    """The winner as an MLflow pyfunc model (``reporting.mlflow_model``); MLflow's pyfunc needs pandas, and
+    without it the runs are logged all the same, with a warning."""
+    try:
+        from .mlflow_model import log_winner
+    except ImportError as exc:
+        warn(f"the winner is not logged as an MLflow model: {exc} (pip install 'transferlab[mlflow]')")
+        return
+    log_winner(client, run_id, model_dir)
 
 
 def _param_list(params: dict[str, str]) -> list[Any]:

@@ -21,20 +21,22 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_accuracy(summary: dict[str, dict[str, float]], path: Path) -> Path:
-    """Test accuracy (mean and CI) and time per strategy, side by side."""
+def plot_accuracy(summary: dict[str, dict[str, float]], path: Path, winner: str | None = None) -> Path:
+    """Test accuracy (mean, with its CI when there are several seeds) and time per strategy, side by
+    side; the winner in a darker colour."""
     names = list(summary)
     fig = Figure(figsize=(10, 3.6))
     a, b = fig.subplots(1, 2)
     acc = [summary[n]["test_acc"] * 100 for n in names]
-    ci = [summary[n]["test_acc_ci95"] * 100 for n in names]
-    colors = ["#999999" if n == SCRATCH else "#2b7bba" for n in names]
-    a.bar(names, acc, yerr=ci, capsize=4, color=colors)
+    seeds = max(int(summary[n].get("seeds", 1)) for n in names)
+    ci = [summary[n]["test_acc_ci95"] * 100 for n in names] if seeds > 1 else None  # no zero-width caps
+    colors = ["#0b4f7c" if n == winner else "#999999" if n == SCRATCH else "#7fb3d9" for n in names]
+    a.bar(names, acc, yerr=ci, capsize=4 if ci else 0, color=colors)
     for i, v in enumerate(acc):
-        a.text(i, v + 1, f"{v:.1f}", ha="center", fontsize=9)
+        a.text(i, v + 1, f"{v:.1f}" + (" (winner)" if names[i] == winner else ""), ha="center", fontsize=9)
     a.set_ylabel("test accuracy (%)")
     a.set_ylim(0, 105)
-    a.set_title("accuracy per strategy (mean ± 95% CI over seeds)")
+    a.set_title("accuracy per strategy" + (f" (mean ± 95% CI over {seeds} seeds)" if ci else " (one seed)"))
     secs = [summary[n]["seconds"] for n in names]
     b.bar(names, secs, color=colors)
     b.set_ylabel("wall seconds per run")
@@ -42,6 +44,9 @@ def plot_accuracy(summary: dict[str, dict[str, float]], path: Path) -> Path:
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=20)
     return save_figure(fig, path)
+
+
+MARKERS, LINESTYLES = "os^Dv*", ["-", "--", "-.", ":"]
 
 
 def plot_curves(history: list[dict[str, Any]], strategies: list[str], path: Path) -> Path:
@@ -52,9 +57,14 @@ def plot_curves(history: list[dict[str, Any]], strategies: list[str], path: Path
         c = curve(history, name)
         if len(c["epoch"]) < 2:
             continue  # single-step strategies (probe) have no curve
-        style = {"color": "#777777", "linestyle": "--"} if name == SCRATCH else {}
-        (line,) = a.plot(c["epoch"], c["val_acc"] * 100, marker=".", label=name, **style)
-        b.plot(c["seconds"], c["val_acc"] * 100, marker=".", label=name, **style)
+        # Each strategy its own marker and dash: curves that coincide (features and chain-thaw's head phase
+        # train the same head) stay visible on top of each other.
+        k = strategies.index(name)
+        style = {"color": "#777777", "linestyle": "--"} if name == SCRATCH else \
+            {"linestyle": LINESTYLES[k % len(LINESTYLES)], "marker": MARKERS[k % len(MARKERS)], "markersize": 4,
+             "linewidth": 2.2 - 0.3 * (k % 3)}
+        (line,) = a.plot(c["epoch"], c["val_acc"] * 100, label=name, **{"marker": ".", **style})
+        b.plot(c["seconds"], c["val_acc"] * 100, label=name, **{"marker": ".", **style})
         if len(c["phase_starts"]) > 1:  # step-wise (chain-thaw, gradual): mark where each step begins
             for s in c["phase_starts"]:
                 a.axvline(s + 0.5, color=line.get_color(), alpha=0.25, linewidth=1)
@@ -107,20 +117,25 @@ def plot_misclassified(images: list[np.ndarray], captions: list[str], path: Path
         ax.axis("off")
     for ax, img, cap in zip(axes.ravel(), images, captions):
         ax.imshow(img, interpolation="nearest")
-        ax.set_title(cap, fontsize=7)
+        ax.set_title(cap, fontsize=9)
     return save_figure(fig, path)
 
 
-def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, path: Path,
+                     total: int = 0) -> Path:
     """Reliability diagram: accuracy against confidence per bin, one line per curve (name -> (mean
     confidence, accuracy, share) per bin, as ``train.calibration.reliability`` gives), the diagonal
-    being perfect calibration."""
+    being perfect calibration; with ``total`` images, the last curve's points show their counts."""
     fig = Figure(figsize=(4.6, 4.2))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect")
-    for name, (conf, acc, share) in curves.items():
+    for k, (name, (conf, acc, share)) in enumerate(curves.items()):
         keep = share > 0
-        ax.plot(conf[keep], acc[keep], marker="o", label=name)
+        (line,) = ax.plot(conf[keep], acc[keep], marker="o", label=name)
+        if k == len(curves) - 1 and total:  # how many images each point stands for
+            for x, yv, n in zip(conf[keep], acc[keep], np.round(share[keep] * total).astype(int)):
+                ax.annotate(str(n), (x, yv), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=line.get_color())
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

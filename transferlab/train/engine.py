@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.progress import progress_bar
+from ..core.progress import console, progress_bar
 from ..data.transforms import mix_batch
 from ..models.heads import TransferModel
 from ..runtime import distributed
@@ -350,6 +350,18 @@ def _validate(model: nn.Module, val: Batches, ctx: PhaseContext, average: Weight
     return row
 
 
+def _say_why_it_stopped(name: str, state: PhaseState, method: Gradient, budget_cut: bool) -> None:
+    """One line when a phase ended before its epoch cap: early stopping or the time budget."""
+    done = len(state.history)
+    if budget_cut:
+        console.print(f"  {name}: stopped by the time budget after {done} epoch(s) of {method.max_epochs}; "
+                      f"the best (epoch {state.best_epoch}) is kept", highlight=False)
+    elif state.bad_epochs >= method.patience and done < method.max_epochs:
+        console.print(f"  {name}: stopped early after {done} epoch(s) of {method.max_epochs}: validation loss did "
+                      f"not improve for {method.patience}; the best (epoch {state.best_epoch}) is kept",
+                      highlight=False)
+
+
 def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, ctx: PhaseContext) -> PhaseResult:
     """Train ``model`` for one gradient phase; return its history with the best weights restored.
 
@@ -403,6 +415,8 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
                 ctx.checkpoint(state)
                 saved = time.perf_counter()
     model.load_state_dict(state.best_state, strict=False)
+    if not ctx.quiet and distributed.is_main():
+        _say_why_it_stopped(phase.name, state, method, budget_cut)
     return PhaseResult(state.history, state.best_val_loss, state.best_val_acc, state.best_epoch,
                        stopped_early=state.bad_epochs >= method.patience, budget_cut=budget_cut,
                        best_is_average=state.best_is_average)

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.progress import console
 from ..models.heads import TransferModel
+from ..runtime.distributed import is_main
 from .batches import Batches, ImageBatches, TensorBatches
 from .config import BatchNormPolicy
 from .engine import PhaseContext, evaluate, fit_phase
@@ -108,6 +110,10 @@ def run_gradient(r: PhaseRun) -> list[dict[str, Any]]:
         r.details.body_bn = BatchNormPolicy.TRAIN
         return rows
     r.details.body_bn, r.details.body_bn_train_epochs = BatchNormPolicy.FROZEN, len(rows)
+    if not r.ctx.quiet and is_main():
+        console.print(f"  {r.phase.name}: training BatchNorm statistics never beat the starting weights in "
+                      f"{len(rows)} epoch(s); running the phase again with them frozen (--body-bn frozen)",
+                      highlight=False)
     r.restart()  # decided before the second attempt starts, so that a resume continues it
     r.ctx = replace(r.ctx, resume=None)
     return _fit(r, BatchNormPolicy.FROZEN)

@@ -13,8 +13,9 @@ def classification_scores(probs: np.ndarray, y: np.ndarray, classes: list[str]) 
     """Scores of class probabilities ``probs`` (N, C) against labels ``y`` (N,)."""
     labels = np.arange(len(classes))
     pred = probs.argmax(1)
-    # top-5, or top-(C-1) for fewer classes (top-C is always 100%); none for two classes (top-1 is accuracy)
-    k = min(5, len(classes) - 1)
+    # top-5 from 10 classes on: with fewer, top-k for k near the number of classes says little (top-4 of 5
+    # is nearly always right); then top-(C // 2), and none below 4 classes.
+    k = min(5, len(classes) // 2)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     scores: dict[str, Any] = {
         "accuracy": float((pred == y).mean()),
