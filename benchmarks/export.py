@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
