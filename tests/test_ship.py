@@ -269,3 +269,18 @@ def test_api_refuses_missing_labels_and_predicting_unfitted(shipped):
         TransferClassifier(strategy="probe").fit({"file": files, "y": [1, 2, 3, 4]}, label="y")
     with pytest.raises(NotFittedError):
         TransferClassifier().predict([files[0]])
+
+
+def test_compare_ends_with_the_report_the_time_and_the_next_commands(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", n_per_class=8, n_classes=2)
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(data), "--backbone", "test_tiny", "--strategies", "features,probe",
+                 "--out", str(out), "--max-epochs", "2", "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "run 1 of 2: features" in captured.err and "run 2 of 2: probe" in captured.err
+    lines = captured.out.splitlines()
+    report = next(line for line in lines if line.startswith("report: "))
+    assert str((out / "report.html").resolve()) in report and "took" in report
+    # One line however long (piped output is not wrapped at 80 columns).
+    nxt = next(line for line in lines if line.startswith("next: "))
+    assert f"transferlab predict {out}" in nxt and f"transferlab serve {out}" in nxt and len(nxt) > 80

@@ -189,7 +189,8 @@ def _run_line(strategy: str, seed: int, done: list[RunResult], todo: list[str]) 
     if done:
         overall = float(np.mean([r.seconds for r in done]))
         left = sum(float(np.mean([r.seconds for r in done if r.strategy == s] or [overall])) for s in todo)
-        line += f" (about {left / 60:.0f} min left)" if left >= 90 else f" (about {left:.0f} s left)"
+        if left >= 1:
+            line += f" (about {left / 60:.0f} min left)" if left >= 90 else f" (about {left:.0f} s left)"
     return line
 
 
