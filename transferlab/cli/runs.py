@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ..core.config import flatten
 from ..core.layout import ResultsFolder
+from ..core.progress import warn
 from ..experiments.compare import CompareConfig, compare, load_experiment
 from ..reporting.mlflow_log import DEFAULT as MLFLOW_DEFAULT
 from ..reporting.mlflow_log import mlflow_ui_command, store_uri
-from ..runtime.distributed import broadcast
+from ..runtime.distributed import broadcast, is_main
 from ..train.config import DataConfig, TrainConfig
 from ..train.strategies import list_strategies
 from .common import default_out, numbered_out, out, print_summary
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: s
     if args.mlflow:
         uri = store_uri(Path(out_dir), args.mlflow)
         local = uri.startswith(("sqlite:", "file:", "/"))
+        _log_model(out_dir, args.mlflow)
         say(f"mlflow: {mlflow_ui_command(uri)}" if local else f"mlflow: logged to {uri}")
     folder = ResultsFolder(Path(out_dir))
     took = time.time() - started
@@ -54,6 +56,19 @@ def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: s
         f"all of it took {took // 60:.0f} min {took % 60:.0f} s)")
     say(f"next: transferlab predict {out_dir} IMAGE_OR_FOLDER  |  transferlab export {out_dir} --int8  |  "
         f"transferlab serve {out_dir}")
+
+
+def _log_model(out_dir: str, uri: str) -> None:
+    """The winner as an MLflow pyfunc model beside the runs; MLflow's pyfunc needs pandas, and without
+    it the runs stay logged, with a warning."""
+    if not is_main():
+        return
+    try:
+        from ..inference.mlflow_model import log_winner
+    except ImportError as exc:
+        warn(f"the winner is not logged as an MLflow model: {exc} (pip install 'transferlab[mlflow]')")
+        return
+    log_winner(out_dir, uri)
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -29,7 +29,6 @@ import numpy as np
 from ..core.errors import TransferlabError
 from ..core.io import read_json, write_json
 from ..core.layout import ResultsFolder
-from ..core.progress import warn
 from .plots import confusion_figure
 from .tracking import flat_settings, runs_seed
 
@@ -97,6 +96,11 @@ def _client(out: Path, uri: str | None) -> tuple[Any, str]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TransferlabError(f"--mlflow {resolved}: the tracking store cannot be opened ({first}); "
                                "give a reachable URI, or --mlflow alone for a local store in --out") from None
+
+
+def client_for(out: Path, uri: str | None) -> Any:
+    """An MLflow client of the store ``uri`` names for the results folder ``out``."""
+    return _client(out, uri)[0]
 
 
 def check_store(out: Path, uri: str | None) -> None:
@@ -206,22 +210,9 @@ def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: lis
         for path in (folder.report_html, folder.report_md, folder.metrics, folder.config):
             if path.is_file():
                 client.log_artifact(parent.info.run_id, str(path))
-        if winner is not None:
-            _log_model(client, parent.info.run_id, folder.run(winner, runs_seed(runs, winner)).path)
         client.set_terminated(parent.info.run_id)
     write_json(ResultsFolder(out).mlflow, {"uri": resolved, "experiment_id": experiment, "runs": ids})
     return parent.info.run_id
-
-
-def _log_model(client: Any, run_id: str, model_dir: Path) -> None:
-    """The winner as an MLflow pyfunc model (``reporting.mlflow_model``); MLflow's pyfunc needs pandas, and
-    without it the runs are logged all the same, with a warning."""
-    try:
-        from .mlflow_model import log_winner
-    except ImportError as exc:
-        warn(f"the winner is not logged as an MLflow model: {exc} (pip install 'transferlab[mlflow]')")
-        return
-    log_winner(client, run_id, model_dir)
 
 
 def _param_list(params: dict[str, str]) -> list[Any]:

@@ -10,7 +10,10 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from ..core.layout import RunFolder
+from ..core.io import read_json
+from ..core.layout import ResultsFolder, RunFolder
+from ..reporting.mlflow_log import client_for
+from .saved import find_model_dir
 
 ARTIFACT = "model"
 
@@ -19,7 +22,7 @@ class TransferlabModel(mlflow.pyfunc.PythonModel):
     """A results folder's model folder behind MLflow's ``pyfunc`` interface."""
 
     def load_context(self, context: Any) -> None:
-        from ..inference.predict import Predictor
+        from .predict import Predictor
 
         self.predictor = Predictor(context.artifacts["model_dir"])
 
@@ -41,13 +44,16 @@ def _model_files(model_dir: Path) -> list[Path]:
     return [p for p in (run.weights, run.model, run.calibration, run.unknown, run.train_features) if p.is_file()]
 
 
-def log_winner(client: Any, run_id: str, model_dir: Path) -> bool:
-    """Save the model in ``model_dir`` as a pyfunc model and log it under the run's ``model`` artifact;
-    False for an ensemble (its members live in other folders)."""
+def log_winner(out: str | Path, uri: str | None) -> bool:
+    """Log the winner of the compare in ``out`` as a pyfunc model under its parent MLflow run's ``model``
+    artifact (the run that ``--mlflow`` made, named in mlflow.json); False for an ensemble (its members
+    live in other folders)."""
     import shutil
 
+    model_dir = find_model_dir(out)
     if RunFolder(model_dir).is_ensemble():
         return False
+    client, run_id = client_for(Path(out), uri), read_json(ResultsFolder(out).mlflow)["runs"][0]
     with tempfile.TemporaryDirectory(prefix="transferlab-mlflow-") as tmp:
         files = Path(tmp) / "files"
         files.mkdir()
