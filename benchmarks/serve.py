@@ -1,12 +1,16 @@
 """The server under load, and under attack, on this machine.
 
     python benchmarks/serve.py RUN_DIR [--images ../shared/datasets/flower_photos/test] [--clients 16]
-        [--requests 320] [--max-batch 8] [--onnx FILE]
+        [--requests 320] [--rounds 3] [--max-batch 8] [--onnx FILE]
 
-Two servers of the same model are started in turn on 127.0.0.1 (a uvicorn process each, ``transferlab
-serve``): the reference, which runs one request at a time (``--max-batch 1``), and the micro-batching
-one. ``--clients`` threads, each with its own connection, send single images (multipart) until
-``--requests`` have been answered; throughput and p50/p99 latency per server, and the ratio.
+Three servers of the same model run on 127.0.0.1, a uvicorn process each: two references, the serial
+server (each request start to finish before the next, as a textbook single-worker app runs) and
+``transferlab serve --max-batch 1`` (one model call at a time, while other requests are read and
+decoded), and the micro-batching server. In each
+round, each server in turn gets ``--clients`` threads, each with its own connection, sending single
+images (multipart) until ``--requests`` have been answered. Quoted: the median throughput and p50/p99
+latency over the rounds, and the ratio of each round's pair with its median (the machine is shared, so
+one pair can be off by a third).
 
 Then the hostile requests against the batching server: an empty body, a text file, a PNG header
 that declares 60000 x 60000 pixels, a 100 MB upload, a malformed multipart body, a path in a field,
@@ -45,12 +49,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The textbook server: the same app, but each request is handled start to finish (read, decode, model,
+# answer) before the next one is looked at, as a single-worker Flask or FastAPI loop would.
+SERIAL = """
+import asyncio, sys, uvicorn
+from transferlab.inference.backends import load_backend
+from transferlab.inference.server import make_app
+app = make_app(load_backend(sys.argv[1], None, sys.argv[3] or None), max_batch=1, window_ms=0)
+lock = asyncio.Lock()
+async def serial(scope, receive, send):
+    if scope["type"] != "http":
+        return await app(scope, receive, send)
+    async with lock:
+        await app(scope, receive, send)
+uvicorn.run(serial, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
 def start_server(run_dir: str, port: int, max_batch: int, onnx: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "transferlab", "serve", run_dir, "--port", str(port), "--quiet",
-           "--max-batch", str(max_batch), "--max-images", "64"]
+    """``max_batch`` 0: the serial server above; 1: one model call at a time (requests still read and
+    decoded while it runs); more: micro-batching."""
+    if max_batch == 0:
+        cmd = [sys.executable, "-c", SERIAL, run_dir, str(port), onnx or ""]
+    else:
+        cmd = [sys.executable, "-m", "transferlab", "serve", run_dir, "--port", str(port), "--quiet",
+               "--max-batch", str(max_batch), "--max-images", "64"]
     if max_batch == 1:
         cmd += ["--batch-window-ms", "0"]
-    if onnx:
+    if onnx and max_batch:
         cmd += ["--onnx", onnx]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -168,43 +194,55 @@ def main() -> None:
                                            "shared/datasets/flower_photos/test"))
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=320)
+    p.add_argument("--rounds", type=int, default=3, help="load phases per server, taken in turn (medians quoted)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--onnx")
     args = p.parse_args()
     files = sorted(Path(args.images).rglob("*.jpg"))[:64]
     images = [f.read_bytes() for f in files]
     cpu = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
-    results = {}
-    for name, batch in (("one request at a time", 1), (f"micro-batching (max {args.max_batch})", args.max_batch)):
-        port = free_port()
-        proc = start_server(args.run_dir, port, batch, args.onnx)
-        try:
-            load(port, images[:8], args.clients, 2 * args.clients)  # warm-up
-            results[name] = load(port, images, args.clients, args.requests)
-            results[name]["peak_mb"] = vm_hwm_mb(proc.pid)
-            print(json.dumps({"server": name, **results[name]}), flush=True)
-            if batch > 1:
-                bad = hostile(port, images[0])
-                for row in bad:
-                    print(json.dumps(row), flush=True)
-                peak = vm_hwm_mb(proc.pid)
-        finally:
+    servers = {"serial (one request start to finish at a time)": 0, "one model call at a time": 1,
+               f"micro-batching (max {args.max_batch})": args.max_batch}
+    procs, ports = {}, {}
+    try:
+        for name, batch in servers.items():  # both up for the whole run; each idles while the other is loaded
+            ports[name] = free_port()
+            procs[name] = start_server(args.run_dir, ports[name], batch, args.onnx)
+            load(ports[name], images[:8], args.clients, 2 * args.clients)  # warm-up
+        rounds: dict[str, list[dict]] = {name: [] for name in servers}
+        for k in range(args.rounds):  # in turn, so that a noisy minute on the shared machine hits both
+            for name in servers:
+                row = load(ports[name], images, args.clients, args.requests)
+                rounds[name].append(row)
+                print(json.dumps({"server": name, "round": k, **row}), flush=True)
+        batching = list(servers)[-1]
+        bad = hostile(ports[batching], images[0])
+        for row in bad:
+            print(json.dumps(row), flush=True)
+        peaks = {name: vm_hwm_mb(proc.pid) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(30)
-    (ref, ref_row), (new, new_row) = results.items()
-    print(f"\n### Server under load: {args.clients} clients, single images, {args.requests} requests, "
-          f"{os.cpu_count()} cores ({cpu}), backend {'onnx' if args.onnx else 'pytorch'}\n")
-    print("| server | requests/s | p50 ms | p99 ms | errors | peak MB |\n|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} "
-              f"| {r['peak_mb']:.0f} |")
-    ratio = new_row["throughput_rps"] / ref_row["throughput_rps"]
-    print(f"\nthroughput ratio (batching / one at a time): {ratio:.2f}x")
+    print(f"\n### Server under load: {args.clients} clients, single images, {args.requests} requests x "
+          f"{args.rounds} rounds each, {os.cpu_count()} cores ({cpu}), backend {'onnx' if args.onnx else 'pytorch'}\n")
+    print("| server | requests/s (median; each round) | p50 ms | p99 ms | errors | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in rounds.items():
+        rps = [r["throughput_rps"] for r in rows]
+        print(f"| {name} | {np.median(rps):.2f} ({', '.join(f'{v:.1f}' for v in rps)}) "
+              f"| {np.median([r['p50_ms'] for r in rows]):.0f} | {np.median([r['p99_ms'] for r in rows]):.0f} "
+              f"| {sum(r['errors'] for r in rows)} | {peaks[name]:.0f} |")
+    serial, one_call, new = rounds.values()
+    for name, ref in (("serial", serial), ("one model call at a time", one_call)):
+        ratios = [b["throughput_rps"] / a["throughput_rps"] for a, b in zip(ref, new)]
+        print(f"\nthroughput ratio (batching / {name}), per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {np.median(ratios):.2f}x")
     print("\n### Hostile requests (batching server)\n")
     print("| request | status | JSON error | still answering |\n|---|---|---|---|")
     for row in bad:
         print(f"| {row['request']} | {row['status']} | {row['error']} | {row['still_answering']} |")
-    print(f"\nserver peak memory after them (VmHWM): {peak:.0f} MB")
+    print(f"\nserver peak memory after them (VmHWM): {peaks[batching]:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -367,6 +367,41 @@ def test_mlflow_resume_replaces_the_runs_and_a_bad_store_fails_before_training(t
     assert "pip install 'transferlab[mlflow]'" in capsys.readouterr().err and not (bad / "config.yaml").exists()
 
 
+def test_mlflow_logs_epochs_as_they_end_and_a_killed_compare_is_replaced_on_resume(tmp_path, monkeypatch):
+    from transferlab.experiments import compare as compare_module
+
+    data = make_class_folders(tmp_path / "data", n_per_class=6, n_classes=2)
+    out = tmp_path / "out"
+    args = ["compare", "--data", str(data), "--backbone", "test_tiny", "--strategies", "finetune", "--out", str(out),
+            "--max-epochs", "3", "--batch-size", "8", "--quiet", "--mlflow"]
+    real, seen = compare_module.train_one, []
+
+    def watched(*a, on_epoch=None, kill_after=None, **k):
+        def hook(history):
+            on_epoch(history)
+            client, runs = _mlflow_runs(out)
+            child = next(r for r in runs if r.info.run_name == f"{a[2]}-seed{a[3]}")
+            parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+            seen.append((len(client.get_metric_history(child.info.run_id, "val_acc")), len(history),
+                         parent.info.status))
+            if kill_after is not None and len(seen) >= kill_after:
+                raise RuntimeError("killed")
+        return real(*a, on_epoch=hook, **k)
+
+    monkeypatch.setattr(compare_module, "train_one", lambda *a, **k: watched(*a, kill_after=2, **k))
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args)
+    assert seen == [(1, 1, "RUNNING"), (2, 2, "RUNNING")]  # in the store while the run trains
+    monkeypatch.setattr(compare_module, "train_one", watched)
+    assert main([*args, "--resume"]) == 0
+    client, runs = _mlflow_runs(out)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # the killed compare's runs replaced
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    history = [h for h in csv.DictReader((out / "history.csv").open())]
+    assert [x.step for x in client.get_metric_history(child.info.run_id, "val_acc")] == \
+        list(range(1, len(history) + 1))  # the epochs before the kill too, each once
+
+
 def test_report_explains_the_winner_with_grad_cam(compared):
     from transferlab.models.saved import rebuild_model
     from transferlab.reporting.explain import gradcam

@@ -99,6 +99,8 @@ def test_model_card_in_results_and_export_folders(shipped, tmp_path):
     assert 0 <= card["scores"]["test_accuracy"] <= 1 and card["calibration"]["temperature"] > 0
     assert card["unknown_inputs"]["threshold"] is not None and card["reproduce"]["rerun"].endswith("config.yaml")
     assert any("test split has" in x for x in card["limitations"])
+    interval = card["scores"]["test_accuracy_interval"]
+    assert interval["low"] <= card["scores"]["test_accuracy"] <= interval["high"] and "Wilson" in interval["how"]
     md = (out / "MODEL_CARD.md").read_text()
     assert "## Limitations" in md and "## Reproduce" in md
     export_model(out, out=tmp_path / "x.onnx")
@@ -284,3 +286,9 @@ def test_compare_ends_with_the_report_the_time_and_the_next_commands(tmp_path, c
     # One line however long (piped output is not wrapped at 80 columns).
     nxt = next(line for line in lines if line.startswith("next: "))
     assert f"transferlab predict {out}" in nxt and f"transferlab serve {out}" in nxt and len(nxt) > 80
+    # The report opens with the same: the winner, its score with an interval, and the commands.
+    winner = json.loads((out / "metrics.json").read_text())["winner"]
+    top = (out / "report.md").read_text().split("\n## ")[1]
+    assert top.startswith("Winner") and f"{winner} on test_tiny: test accuracy" in top and "95% interval" in top
+    assert all(command in top for command in nxt.removeprefix("next: ").split("  |  "))
+    assert "<div class='box'><h2>Winner</h2>" in (out / "report.html").read_text()

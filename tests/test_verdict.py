@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from transferlab.cli.main import main
 from transferlab.experiments.results import winner
@@ -63,3 +64,14 @@ def test_compare_writes_the_verdict_into_metrics_report_and_console(class_folder
     assert "Unknown inputs" in html and (out / "plots" / "unknown.png").is_file()
     rule = json.loads(next(out.rglob("unknown.json")).read_text())
     assert rule["target"] == 0.95 and rule["distance_mean"] is not None
+
+
+def test_accuracy_interval_is_wilson_on_one_seed_and_over_seeds_with_several():
+    from transferlab.train.scores import accuracy_interval
+
+    low, high, how = accuracy_interval(0.8, 50)
+    wide = high - low
+    low, high, _ = accuracy_interval(0.8, 500)
+    assert low < 0.8 < high and high - low < wide / 2 and "Wilson" in how  # ten times the images: ~1/3 the width
+    assert accuracy_interval(1.0, 40)[1] == pytest.approx(1.0) and accuracy_interval(1.0, 40)[0] < 1.0
+    assert accuracy_interval(0.9, 100, seeds=3, seed_ci95=0.02)[:2] == pytest.approx((0.88, 0.92))

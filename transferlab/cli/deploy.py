@@ -106,6 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_export, subparser=e)
 
     v = sub.add_parser("serve", help="serve a run's model over HTTP: POST /predict, GET /model, and a page to try it")
+    v.set_defaults(on_sigterm="the server stopped (SIGTERM)")
     v.add_argument("run_dir")
     v.add_argument("--strategy", help="serve this strategy's model instead of the winner")
     v.add_argument("--onnx", help="serve this ONNX export (onnxruntime) instead of the PyTorch model")

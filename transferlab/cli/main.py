@@ -125,6 +125,9 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         if on_main_thread:  # torchrun's SIGTERM follows a peer's failure: the message must come out whole
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(exc, _Terminated) and getattr(args, "on_sigterm", None):
+            console.print(args.on_sigterm, highlight=False, markup=False)  # a server's normal way to stop
+            return 0
         stopped, error = _stopped(exc), _as_user_error(exc)
         if stopped is None and error is None or os.environ.get("TRANSFERLAB_DEBUG"):
             raise

@@ -11,6 +11,7 @@ from ..core.config import flatten
 from ..core.layout import ResultsFolder
 from ..core.progress import warn
 from ..experiments.compare import CompareConfig, compare, load_experiment
+from ..reporting.compare_report import next_commands
 from ..reporting.mlflow_log import DEFAULT as MLFLOW_DEFAULT
 from ..reporting.mlflow_log import mlflow_ui_command, store_uri
 from ..runtime.distributed import broadcast, is_main
@@ -54,8 +55,7 @@ def _run(args: argparse.Namespace, plan: CompareConfig, out_dir: str, command: s
     took = time.time() - started
     say(f"report: {folder.report_html.resolve()}  (model card: {folder.path.resolve() / 'MODEL_CARD.md'}; "
         f"all of it took {took // 60:.0f} min {took % 60:.0f} s)")
-    say(f"next: transferlab predict {out_dir} IMAGE_OR_FOLDER  |  transferlab export {out_dir} --int8  |  "
-        f"transferlab serve {out_dir}")
+    say("next: " + "  |  ".join(next_commands(out_dir)))
 
 
 def _log_model(out_dir: str, uri: str) -> None:

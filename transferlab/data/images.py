@@ -13,6 +13,8 @@ IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions(
 # warns, twice that refuses) would reject them. The command line keeps a guard, but a far higher one.
 LARGE_IMAGE_PIXELS = 1_000_000_000
 
+ORIENTATION = 0x0112  # the EXIF tag
+
 
 def allow_large_images(pixels: int = LARGE_IMAGE_PIXELS) -> None:
     """Raise Pillow's decompression-bomb limit to ``pixels`` (process-wide; the CLI calls it)."""
@@ -22,7 +24,8 @@ def allow_large_images(pixels: int = LARGE_IMAGE_PIXELS) -> None:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow image as upright 8-bit RGB: EXIF orientation applied, 16-bit and float scaled,
     transparency composited on white, palette / CMYK / grayscale converted."""
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+        img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I") or img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
         # 16-bit data spans 0..65535; other integer or float data is scaled by its own range.
@@ -35,7 +38,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img.convert("RGB")  # a copy even when RGB already: the caller may close the file's image
 
 
 def open_rgb(source: str | Path | io.BytesIO, draft_size: int | None = None) -> Image.Image:

@@ -28,7 +28,7 @@ from ..data.quality import short_sides
 from ..data.splits import make_splits
 from ..models.catalog import backbone_spec
 from ..reporting.compare_report import build_report
-from ..reporting.mlflow_log import check_store
+from ..reporting.mlflow_log import MlflowLog, check_store
 from ..reporting.model_card import write_model_card
 from ..runtime.distributed import broadcast, gather_lists, is_main, my_share, world_size
 from ..train.config import DataConfig, TrainConfig
@@ -152,6 +152,7 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         return sorted(rs, key=lambda r: (plan.strategies.index(r.strategy), r.seed))
 
     metrics: dict[str, Any] = {}
+    live = MlflowLog(out, mlflow, flatten(exp)) if mlflow and main else None  # epochs logged as they end
     all_jobs = [(s, seed) for wave in _waves(plan, config) for s in wave for seed in range(plan.seeds)]
     for wave in _waves(plan, config):
         mine: list[RunResult] = []
@@ -163,7 +164,8 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
                 console.print(_run_line(strategy, seed, finished, todo), highlight=False)
             budget = _equal_compute_budget(strategy, seed, results, config)
             mine.append(train_one(prep, config, strategy, seed, model_folder(out, strategy, seed),
-                                  resume=resume, quiet=quiet, budget=budget))
+                                  resume=resume, quiet=quiet, budget=budget,
+                                  on_epoch=live.on_epoch(strategy, seed) if live else None))
             if main:  # progress on disk as runs end (the other processes' runs arrive after the wave)
                 metrics = write_results(out, exp, prep, ordered(results + mine), started, command)
         results = ordered(results + (gather_lists(mine) if by_runs else mine))
@@ -177,7 +179,7 @@ def _run_plan(exp: Experiment, ds: ImageDataset, splits: dict[str, np.ndarray], 
         build_report(out, prep.cache)
         best = max((r for r in results if r.strategy == metrics["winner"]), key=lambda r: r.val_acc)
         write_model_card(out, model_folder(out, best.strategy, best.seed))
-        track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"], mlflow)
+        track_runs(out, flatten(exp), prep, ordered(results), metrics["winner"], live)
     return broadcast(metrics)
 
 

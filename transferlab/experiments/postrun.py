@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix
 from ..core.io import write_json
 from ..core.layout import RunFolder
 from ..core.progress import console, warn
-from ..reporting.mlflow_log import write_mlflow
+from ..reporting.mlflow_log import MlflowLog
 from ..reporting.tracking import write_tensorboard
 from ..train.calibration import Calibration, expected_calibration_error, fit_temperature, scale
 from ..train.novelty import fit_rule
@@ -89,9 +89,9 @@ def _unknown_rule(folder: RunFolder, val: np.ndarray, y_val: np.ndarray, test: n
 
 
 def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: list[RunResult], winner: str,
-               mlflow: str | None = None) -> None:
+               mlflow: MlflowLog | None = None) -> None:
     """TensorBoard event files of every run, with the winner's test confusion matrix (and the same
-    in MLflow when ``mlflow`` names a store)."""
+    in MLflow, whose log the compare kept open while it ran, when there is one)."""
     seed = next(r.seed for r in results if r.strategy == winner)
     preds = RunFolder(model_folder(out, winner, seed)).test_predictions
     classes = prep.dataset.classes
@@ -101,5 +101,5 @@ def track_runs(out: Path, settings: dict[str, Any], prep: Prepared, results: lis
         confusion = (confusion_matrix(y, np.load(preds), labels=range(len(classes))), classes)
     runs = [r.to_dict() for r in results]
     write_tensorboard(out, settings, runs, winner, confusion)
-    if mlflow:
-        write_mlflow(out, mlflow, settings, runs, winner, confusion)
+    if mlflow is not None:
+        mlflow.finish(runs, winner, confusion)

@@ -10,6 +10,7 @@ that runs one request at a time (the reference of benchmarks/serve.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +27,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.batches: list[int] = []  # the size of every batch run (for /health and the benchmark)
+        self.busy_s = 0.0  # seconds the model thread has spent on batches
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -67,6 +69,13 @@ class MicroBatcher:
             count += len(nxt[0])
         return group
 
+    def _timed(self, flat: list) -> list:
+        start = time.perf_counter()
+        try:
+            return self.fn(flat)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -77,7 +86,7 @@ class MicroBatcher:
                 continue
             self.batches.append(len(flat))
             try:
-                rows = await loop.run_in_executor(self.executor, self.fn, flat)
+                rows = await loop.run_in_executor(self.executor, self._timed, flat)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
                 for _, f in live:
                     if not f.done():

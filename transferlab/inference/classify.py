@@ -24,7 +24,9 @@ def pixels(images: list, data_config: dict) -> np.ndarray:
     top = (side - size) // 2
     arrays = []
     for item in images:
-        if isinstance(item, Image.Image | np.ndarray):
+        if isinstance(item, np.ndarray) and item.shape == (side, side, 3) and item.dtype == np.uint8:
+            square = item  # already the stored square (the server's and the caches' form): nothing to resample
+        elif isinstance(item, Image.Image | np.ndarray):
             img = to_rgb(item) if isinstance(item, Image.Image) else array_image(item)
             square = resize_center(img, side, data_config["interpolation"])
         else:

@@ -26,7 +26,8 @@ class TransferlabModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    # No type hints here: MLflow reads them as the model's input schema (and warns that Any is none).
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):

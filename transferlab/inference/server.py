@@ -236,7 +236,8 @@ def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits
     async def health(request: Request) -> JSONResponse:
         sizes = batcher.batches
         return JSONResponse({"status": "ok", "backend": backend.kind, "classes": len(backend.classes),
-                             "batches": len(sizes), "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None})
+                             "batches": len(sizes), "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None,
+                             "model_seconds": round(batcher.busy_s, 3)})
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE)

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from sklearn.metrics import confusion_matrix
 
 from ..core.layout import ResultsFolder, RunFolder
 from ..models.saved import rebuild_model
 from ..train.calibration import reliability, scale
 from ..train.novelty import UnknownRule, risk_coverage
+from ..train.scores import accuracy_interval
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
 from .explain import gradcam, plot_gradcam
 from .plots import plot_accuracy, plot_confusion, plot_curves, plot_misclassified, plot_reliability, plot_risk_coverage
@@ -25,6 +27,31 @@ from .render import Section, render
 
 def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
+
+
+def next_commands(out: str | Path) -> list[str]:
+    """What to do with a results folder's winner (the console's closing line and the report's top box)."""
+    return [f"transferlab predict {out} IMAGE_OR_FOLDER", f"transferlab export {out} --int8",
+            f"transferlab serve {out}"]
+
+
+def _top_box(out: Path, metrics: dict, manifest: dict) -> Section:
+    """The report's opening: the winner, its test score with an interval, the verdict's sentence, and
+    what to run next."""
+    best, summary = metrics["winner"], metrics["summary"]
+    s, n_test = summary[best], int(manifest["data"]["splits"].get("test", 0))
+    low, high, how = accuracy_interval(s["test_acc"], n_test, s["seeds"], s.get("test_acc_ci95"))
+    config = ResultsFolder(out).config
+    saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    backbone = ((saved or {}).get("train") or {}).get("model", {}).get("backbone", "")
+    text = (f"{best}{f' on {backbone}' if backbone else ''}: test accuracy {_pct(s['test_acc'])} "
+            f"(95% interval {_pct(low)} to {_pct(high)}: {how}).")
+    verdict = metrics.get("verdict")
+    if verdict:
+        text += " " + verdict["sentence"]
+    text += "\n\nNext: label new images with it, export it (ONNX, with an int8 version checked on test), or serve " \
+            "it with a page to try it:"
+    return Section("Winner", text, commands=next_commands(out), box=True)
 
 
 def _verdict(found: dict | None) -> Section | None:
@@ -287,6 +314,7 @@ def build_report(out: str | Path, images: np.ndarray | None = None) -> Path:
     summary, best = metrics["summary"], metrics["winner"]
     imbalance, copies = manifest["data"].get("imbalance_warning"), manifest["data"].get("copies_across_splits")
     sections = [
+        _top_box(out, metrics, manifest),
         _verdict(metrics.get("verdict")),
         Section("Copies across splits", copies[0].upper() + copies[1:] + ".") if copies else None,
         Section("Class balance", imbalance[0].upper() + imbalance[1:] + ".") if imbalance else None,

@@ -3,9 +3,9 @@
 One parent run per compare (the settings as params, the winner's scores, report.html, metrics.json,
 config.yaml and the winner's confusion matrix as artifacts) and one child run per strategy and seed
 (its settings, the per-epoch losses and validation accuracy with the epoch as step, its final test
-scores). Written from the results folder's records after the runs end, like the TensorBoard files:
-a resumed compare replaces the runs it logged before (their ids are kept in ``<out>/mlflow.json``)
-rather than logging them twice.
+scores). The epochs are logged as they end (``MlflowLog``), the rest when the compare ends; a resumed
+compare replaces the runs it logged before (their ids are kept in ``<out>/mlflow.json`` from the
+start) rather than logging them twice.
 
 The default store is local and needs no server: ``sqlite:///<out>/mlflow/mlflow.db`` with artifacts
 under ``<out>/mlflow/artifacts`` (MLflow 3 keeps its plain-file store in maintenance mode and points
@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from ..core.errors import TransferlabError
 from ..core.io import read_json, write_json
 from ..core.layout import ResultsFolder
+from ..core.progress import warn
 from .plots import confusion_figure
 from .tracking import flat_settings, runs_seed
 
@@ -142,10 +143,13 @@ def _final_metrics(run: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _epoch_metrics(history: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
-    """(name, value, step) of every epoch's losses and validation accuracy, also per phase."""
+def _epoch_metrics(history: list[dict[str, Any]], since: int = 0) -> list[tuple[str, float, int]]:
+    """(name, value, step) of every epoch's losses and validation accuracy, also per phase; the first
+    ``since`` epochs (logged already) left out."""
     out = []
     for step, h in enumerate(history, start=1):
+        if step <= since:
+            continue
         for key in ("train_loss", "val_loss", "val_acc"):
             if _finite(h.get(key)):
                 out += [(key, float(h[key]), step), (_key(f"phase/{h['phase']}/{key}"), float(h[key]), step)]
@@ -175,44 +179,99 @@ def _forget_earlier(client: Any, out: Path, resolved: str) -> None:
             client.delete_run(run_id)
 
 
+class MlflowLog:
+    """The MLflow records of one compare, written while it runs.
+
+    Made when the compare starts: earlier runs of this results folder in the same store are deleted,
+    the parent run is created with the settings, and ``<out>/mlflow.json`` lists it at once, so that a
+    compare killed half-way is replaced, not doubled, when it is resumed. ``on_epoch(strategy, seed)``
+    gives the callback that logs a run's epochs as they end (its child run is created on the first
+    call); ``finish`` logs the runs that were not seen live (finished before a resume, trained by
+    another process of a torchrun job, the ensemble), every run's final scores, the winner's confusion
+    matrix and the report. If the store fails during training, the compare goes on and the rest is
+    logged by ``finish``.
+    """
+
+    def __init__(self, out: Path, uri: str | None, settings: dict[str, Any]):
+        self.out = Path(out)
+        self.client, self.experiment = _client(self.out, uri)
+        self.resolved = store_uri(self.out, uri)
+        self.params = _params(settings)
+        self.children: dict[tuple[str, int], str] = {}  # (strategy, seed) -> child run id
+        self.steps: dict[str, int] = {}  # child run id -> epochs logged
+        self.failed: str | None = None
+        with _quiet_mlflow():
+            _forget_earlier(self.client, self.out, self.resolved)
+            self.parent = self.client.create_run(
+                self.experiment, run_name=self.out.resolve().name,
+                tags={"transferlab.results": str(self.out.resolve())}).info.run_id
+            self.client.log_batch(self.parent, params=_param_list(self.params))
+        self._record()
+
+    def _record(self) -> None:
+        write_json(ResultsFolder(self.out).mlflow, {"uri": self.resolved, "experiment_id": self.experiment,
+                                                    "runs": [self.parent, *self.children.values()]})
+
+    def _child(self, strategy: str, seed: int) -> str:
+        key = (strategy, seed)
+        if key not in self.children:
+            run = self.client.create_run(self.experiment, run_name=f"{strategy}-seed{seed}",
+                                         tags={"mlflow.parentRunId": self.parent, "transferlab.strategy": strategy})
+            self.children[key] = run.info.run_id
+            self.client.log_batch(run.info.run_id, params=_param_list({**self.params, "strategy": strategy,
+                                                                        "seed": str(seed)}))
+            self._record()
+        return self.children[key]
+
+    def on_epoch(self, strategy: str, seed: int) -> Callable[[list[dict[str, Any]]], None]:
+        """The ``train_one`` callback that logs the run's new epochs (history rows) to its child run."""
+        def log(history: list[dict[str, Any]]) -> None:
+            if self.failed:
+                return
+            try:
+                with _quiet_mlflow():
+                    child = self._child(strategy, seed)
+                    done = self.steps.get(child, 0)
+                    _log_metrics(self.client, child, _epoch_metrics(history, since=done))
+                    self.steps[child] = len(history)
+            except Exception as exc:  # noqa: BLE001 - the store went away: training goes on, finish logs the rest
+                self.failed = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                warn(f"MLflow stopped answering ({self.failed}); the runs will be logged when the compare ends")
+        return log
+
+    def finish(self, runs: list[dict[str, Any]], winner: str | None,
+               confusion: tuple[np.ndarray, list[str]] | None = None) -> str:
+        """Log what the runs left to log and close every run; returns the parent run's id."""
+        with _quiet_mlflow():
+            for run in runs:
+                child = self._child(run["strategy"], run["seed"])
+                history = run.get("history", [])
+                final = [(k, v, 0) for k, v in _final_metrics(run).items()]
+                _log_metrics(self.client, child, _epoch_metrics(history, since=self.steps.get(child, 0)) + final)
+                self.steps[child] = len(history)
+                if confusion is not None and (run["strategy"], run["seed"]) == (winner, runs_seed(runs, winner)):
+                    self.client.log_figure(child, confusion_figure(*confusion, f"{winner}: test set"),
+                                           "confusion_test.png")
+                self.client.set_terminated(child)
+            best = next((r for r in runs if r["strategy"] == winner), None)
+            if best is not None:
+                _log_metrics(self.client, self.parent, [(f"winner_{k}", v, 0) for k, v in _final_metrics(best).items()
+                                                        if "/" not in k])
+            self.client.set_tag(self.parent, "transferlab.winner", str(winner))
+            folder = ResultsFolder(self.out)
+            for path in (folder.report_html, folder.report_md, folder.metrics, folder.config):
+                if path.is_file():
+                    self.client.log_artifact(self.parent, str(path))
+            self.client.set_terminated(self.parent)
+        self._record()
+        return self.parent
+
+
 def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: list[dict[str, Any]],
                  winner: str | None, confusion: tuple[np.ndarray, list[str]] | None = None) -> str:
-    """Log the compare in ``out`` (``runs``: result dicts with ``history``) to the store ``uri``;
-    returns the parent run's id."""
-    out = Path(out)
-    client, experiment = _client(out, uri)
-    resolved = store_uri(out, uri)
-    with _quiet_mlflow():
-        _forget_earlier(client, out, resolved)
-        params = _params(settings)
-        parent = client.create_run(experiment, run_name=out.resolve().name,
-                                   tags={"transferlab.results": str(out.resolve()), "transferlab.winner": str(winner)})
-        ids = [parent.info.run_id]
-        client.log_batch(parent.info.run_id, params=_param_list(params))
-        for run in runs:
-            child = client.create_run(experiment, run_name=f"{run['strategy']}-seed{run['seed']}",
-                                      tags={"mlflow.parentRunId": parent.info.run_id,
-                                            "transferlab.strategy": run["strategy"]})
-            ids.append(child.info.run_id)
-            client.log_batch(child.info.run_id, params=_param_list({**params, "strategy": run["strategy"],
-                                                                     "seed": str(run["seed"])}))
-            final = [(k, v, 0) for k, v in _final_metrics(run).items()]
-            _log_metrics(client, child.info.run_id, _epoch_metrics(run.get("history", [])) + final)
-            if confusion is not None and (run["strategy"], run["seed"]) == (winner, runs_seed(runs, winner)):
-                client.log_figure(child.info.run_id, confusion_figure(*confusion, f"{winner}: test set"),
-                                  "confusion_test.png")
-            client.set_terminated(child.info.run_id)
-        best = next((r for r in runs if r["strategy"] == winner), None)
-        if best is not None:
-            _log_metrics(client, parent.info.run_id, [(f"winner_{k}", v, 0) for k, v in _final_metrics(best).items()
-                                                      if "/" not in k])
-        folder = ResultsFolder(out)
-        for path in (folder.report_html, folder.report_md, folder.metrics, folder.config):
-            if path.is_file():
-                client.log_artifact(parent.info.run_id, str(path))
-        client.set_terminated(parent.info.run_id)
-    write_json(ResultsFolder(out).mlflow, {"uri": resolved, "experiment_id": experiment, "runs": ids})
-    return parent.info.run_id
+    """Log a finished compare in ``out`` (``runs``: result dicts with ``history``) to the store ``uri``
+    in one go; returns the parent run's id."""
+    return MlflowLog(out, uri, settings).finish(runs, winner, confusion)
 
 
 def _param_list(params: dict[str, str]) -> list[Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.io import write_json, write_text
 from ..core.layout import ResultsFolder, RunFolder
+from ..train.scores import accuracy_interval
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 
@@ -76,6 +77,10 @@ def model_card(model_dir: str | Path, export: Any = None) -> dict[str, Any]:
     scores = _scores(metrics, strategy, seed)
     calibration, unknown = _read(run.calibration), _read(run.unknown)
     data = manifest.get("data", {})
+    if scores["test_accuracy"] is not None:
+        low, high, how = accuracy_interval(scores["test_accuracy"], int((data.get("splits") or {}).get("test", 0)),
+                                           scores.get("seeds") or 1, scores.get("test_accuracy_ci95"))
+        scores["test_accuracy_interval"] = {"low": low, "high": high, "how": how}
     card = {
         "model": {"strategy": strategy, "seed": seed,
                   "backbone": model.get("backbone") or ("several (an ensemble)" if run.is_ensemble() else None),
@@ -113,8 +118,8 @@ def _pct(x: float | None) -> str:
 def card_markdown(card: dict[str, Any]) -> str:
     """The card as Markdown."""
     m, d, s = card["model"], card["data"], card["scores"]
-    ci = f" ± {s['test_accuracy_ci95'] * 100:.1f} (95% CI over {s['seeds']} seeds)" \
-        if (s.get("seeds") or 0) > 1 else " (one seed)"
+    interval = s.get("test_accuracy_interval")
+    ci = f" (95% interval {_pct(interval['low'])} to {_pct(interval['high'])}: {interval['how']})" if interval else ""
     lines = [f"# Model card: {m['strategy']} on {m['backbone']}", "",
              "## Model", f"- strategy: {m['strategy']} (seed {m['seed']}), backbone: {m['backbone']}, "
              f"input: {m['input_size']}", f"- folder: {m['folder']}", "",

@@ -22,6 +22,8 @@ class Section:
     text: str = ""  # paragraphs (plain text)
     table: list[list[str]] | None = None  # first row is the header
     image: Path | None = None
+    commands: list[str] | None = None  # shell lines, shown as code
+    box: bool = False  # the report's opening summary: framed
 
 
 def _table_html(rows: list[list[str]]) -> str:
@@ -40,7 +42,9 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:
 color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}
-.note{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 .3em}"""
+.note{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 .3em}
+.box{border:2px solid #2b6cb0;border-radius:6px;background:#f5f9ff;padding:0 1.2em .6em;margin:1.2em 0}
+.box h2{border:none}pre{background:#f3f3f3;padding:.5em .8em;overflow-x:auto}pre code{padding:0}"""
 
 
 def thumbnail(square: np.ndarray, side: int = 160) -> str:
@@ -55,6 +59,7 @@ def render(title: str, sections: list[Section], out: Path) -> tuple[Path, Path]:
     parts_html = [f"<h1>{html.escape(title)}</h1>"]
     parts_md = [f"# {title}"]
     for s in sections:
+        parts_html.append("<div class='box'>" if s.box else "")
         parts_html.append(f"<h2>{html.escape(s.title)}</h2>")
         parts_md.append(f"\n## {s.title}\n")
         for para in filter(None, s.text.split("\n\n")):
@@ -67,6 +72,10 @@ def render(title: str, sections: list[Section], out: Path) -> tuple[Path, Path]:
             data = base64.b64encode(s.image.read_bytes()).decode()
             parts_html.append(f'<img alt="{html.escape(s.title)}" src="data:image/png;base64,{data}">')
             parts_md.append(f"![{s.title}]({s.image.relative_to(out).as_posix()})\n")
+        if s.commands:
+            parts_html.append("<pre><code>" + html.escape("\n".join(s.commands)) + "</code></pre>")
+            parts_md.append("```\n" + "\n".join(s.commands) + "\n```\n")
+        parts_html.append("</div>" if s.box else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts_html)}</body></html>")
     write_text(out / "report.html", page)

@@ -163,3 +163,48 @@ def folded_batchnorm(model: nn.Module, run: Callable[[], torch.Tensor], key: Has
             yield
     finally:
         memo.active = False
+
+
+@torch.no_grad()
+def fold_for_inference(model: nn.Module, run: Callable[[], torch.Tensor]) -> int:
+    """Fold the pairs of ``model`` into its convolutions' weights for good, for a model that is only
+    evaluated from now on (``predict``, ``serve``); returns how many. The context above rescales the
+    weights on every pass, which training needs; a model that no longer learns pays that once (lite0 on
+    the 2-core CPU: 21.6 -> 13.5 ms per image in batches of 8, 23.5 -> 18.9 alone, against 20.0 and 25.1
+    inside the context). ``run`` as for ``folded_batchnorm``. Each folded BN is left as the identity
+    (zero mean, unit variance and scale) and skipped in eval mode, so calling it anyway changes nothing;
+    if the folded model's output on ``run()`` moves, every pair is restored and 0 returned."""
+    model.eval()
+    pairs = _search(model, run)
+    if not pairs:
+        return 0
+    plain = run().float()
+    saved = [(conv.weight.clone(), None if conv.bias is None else conv.bias.clone(),
+              {k: v.clone() for k, v in bn.state_dict().items()}) for conv, bn in pairs]
+    for conv, bn in pairs:
+        s = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            s = s * bn.weight.double()
+        bias = -bn.running_mean.double() * s if conv.bias is None else (conv.bias.double() - bn.running_mean) * s
+        if bn.bias is not None:
+            bias = bias + bn.bias.double()
+        conv.weight.copy_(conv.weight.double() * s.reshape(-1, 1, 1, 1))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+        else:
+            conv.bias.copy_(bias)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        if bn.weight is not None:
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+        bn.forward = _folded_bn(bn, type(bn).forward.__get__(bn))  # type: ignore[method-assign]
+    folded = run().float()
+    if torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * (1.0 + plain.abs().max().item())):
+        return len(pairs)
+    for (conv, bn), (weight, bias, state) in zip(pairs, saved):
+        conv.weight.copy_(weight)
+        conv.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        bn.load_state_dict(state)
+        del bn.forward
+    return 0

@@ -193,6 +193,7 @@ class PhaseContext:
         seed, phase_index: fix every epoch's randomness (``epoch_seed``).
         resume: the state an interrupted run of this phase saved.
         checkpoint: called at an epoch end with the state to save, at most every ``checkpoint_seconds``.
+        epoch_end: called at every epoch end with the phase's state (live logging: MLflow).
         checkpoint_seconds: training time between mid-phase checkpoints (0: every epoch). A
             checkpoint of a whole model with its optimizer is tens of MB; on a GPU an epoch of a small
             data set takes less time than writing it.
@@ -206,6 +207,7 @@ class PhaseContext:
     phase_index: int = 0
     resume: PhaseState | None = None
     checkpoint: Callable[[PhaseState], None] | None = None
+    epoch_end: Callable[[PhaseState], None] | None = None
     checkpoint_seconds: float = 0.0
     quiet: bool = False
     deadline: float | None = None
@@ -409,6 +411,8 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
             _record(state, model, {"phase": phase.name, "epoch": epoch + 1, "train_loss": train_loss, **row,
                                    "seconds": time.perf_counter() - t0}, average)
             bar.advance(info=f"train {train_loss:.3f}  val {row['val_loss']:.3f}  acc {row['val_acc']:.1%}")
+            if ctx.epoch_end is not None:
+                ctx.epoch_end(state)
             if ctx.checkpoint is not None and time.perf_counter() - saved >= ctx.checkpoint_seconds:
                 state.optimizer = optimizer.state_dict()
                 state.average = average.state_dict() if average is not None else {}

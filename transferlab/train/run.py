@@ -246,8 +246,9 @@ __all__ = ["Prepared", "RunResult", "load_probabilities", "prepare", "save_predi
 class _Checkpointer:
     """Writes the run's state after every epoch and after every phase."""
 
-    def __init__(self, path: Path, model: TransferModel, state: RunState, writes: bool = True):
-        self.path, self.model, self.state, self.writes = path, model, state, writes
+    def __init__(self, path: Path, model: TransferModel, state: RunState, writes: bool = True,
+                 on_epoch: Callable[[list[dict[str, Any]]], None] | None = None):
+        self.path, self.model, self.state, self.writes, self.on_epoch = path, model, state, writes, on_epoch
         self.t_start = time.perf_counter() - state.elapsed
 
     def save(self, phase_index: int, phase_state: PhaseState | None, history: list[dict[str, Any]]) -> None:
@@ -262,6 +263,13 @@ class _Checkpointer:
         before = [h for h in self.state.history if h["phase_index"] < i]
         return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
 
+    def epoch_end(self, i: int) -> Callable[[PhaseState], None] | None:
+        """The every-epoch callback of phase ``i``: ``on_epoch`` with the run's whole history so far."""
+        if self.on_epoch is None or not self.writes:
+            return None
+        before = [h for h in self.state.history if h["phase_index"] < i]
+        return lambda st: self.on_epoch(before + [{**h, "phase_index": i} for h in st.history])
+
 
 def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
                 ctx: PhaseContext) -> None:
@@ -272,7 +280,7 @@ def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, c
             continue
         before = [h for h in state.history if h["phase_index"] < i]
         train, val = inputs.for_phase(phase, pristine=not state.body_changed)
-        phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i),
+        phase_ctx = dataclasses.replace(ctx, phase_index=i, checkpoint=ckpt.during(i), epoch_end=ckpt.epoch_end(i),
                                         resume=state.phase_state if i == start else None)
         pool = inputs.pool_for(phase, pristine=not state.body_changed)
         run = PhaseRun(model, phase, train, val, phase_ctx, state.details, pool,
@@ -303,9 +311,13 @@ def _resumed_state(model: TransferModel, folder: RunFolder, phases: int) -> RunS
     return state
 
 
-def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,
-              resume: bool = False, quiet: bool = True, budget: float | None = None) -> RunResult:
+def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int, run_dir: Path,  # noqa: PLR0913
+              resume: bool = False, quiet: bool = True, budget: float | None = None,
+              on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> RunResult:
     """Train ``strategy_name`` with ``seed``; write weights to ``run_dir``; return its metrics.
+
+    ``on_epoch``: called after every epoch of a trained phase with the run's history so far (the rows
+    of history.csv; a resumed run's first call holds the epochs before the interruption too).
 
     ``budget``: seconds of training after which no new epoch starts (default: ``--time-budget``,
     ``config.budget.time_budget``); counted from the run's start, across a resume. Under torchrun with
@@ -333,7 +345,7 @@ def train_one(prep: Prepared, config: TrainConfig, strategy_name: str, seed: int
     if resume and state is None:  # a fresh start: the weights as built (a refused checkpoint may have loaded in part)
         model, backbone, head = _build_model(config, strategy, seed, len(classes))
         prep.precision.to_model(model)
-    ckpt = _Checkpointer(folder.checkpoint, model, state or RunState(model={}), writes)
+    ckpt = _Checkpointer(folder.checkpoint, model, state or RunState(model={}), writes, on_epoch)
     store = FeatureStore(backbone, prep.dataset, bf16=prep.precision.bf16) if strategy.pretrained else None
     inputs = PhaseInputs(model, prep, config, store, quiet, data_parallel)
     budget = budget if budget is not None else config.budget.time_budget

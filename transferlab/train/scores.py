@@ -27,3 +27,19 @@ def classification_scores(probs: np.ndarray, y: np.ndarray, classes: list[str]) 
     if k >= 2:
         scores[f"top{k}_accuracy"] = float(top_k_accuracy_score(y, probs, k=k, labels=labels))
     return scores
+
+
+def accuracy_interval(accuracy: float, n_test: int, seeds: int = 1,
+                      seed_ci95: float | None = None) -> tuple[float, float, str]:
+    """A 95% interval of a test accuracy, and how it was made: with several seeds the mean ± the t interval
+    over them (``seed_ci95``); with one, the Wilson score interval of ``accuracy`` on ``n_test`` images
+    (what the test set alone can tell; Wilson rather than the normal approximation, which leaves [0, 1]
+    near 100%)."""
+    if seeds > 1 and seed_ci95 is not None:
+        return max(0.0, accuracy - seed_ci95), min(1.0, accuracy + seed_ci95), f"t interval over {seeds} seeds"
+    from scipy.stats import binomtest
+
+    if n_test < 1:
+        return float("nan"), float("nan"), "no test images"
+    ci = binomtest(round(accuracy * n_test), n_test).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high), f"Wilson interval over {n_test} test images, one seed"
