@@ -232,3 +232,31 @@ def test_a_csv_listing_a_file_twice_or_under_two_labels_is_caught(tmp_path):
     assert all("the same file under two labels" in f.detail for f in conflicts)
     twice = [f for f in report.findings if f.kind in ("leak", "duplicate") and ds.paths[f.index] == files[0]]
     assert len(twice) == 1 and ds.paths[twice[0].other] == files[0] and twice[0].score == 1.0
+
+
+def test_pruning_rounds_find_flipped_labels_one_round_missed_and_stay_precise():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from transferlab.train.label_issues import label_issues, pruned_label_issues
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flips = rng.choice(len(y), len(y) // 5, replace=False)
+    noisy = y.copy()
+    noisy[flips] = (y[flips] + rng.integers(1, 10, len(flips))) % 10
+
+    def out_of_fold(rows):
+        return cross_val_predict(LogisticRegression(C=0.1, max_iter=300), x[rows] / 16, noisy[rows], cv=5,
+                                 method="predict_proba")
+
+    one = set(np.flatnonzero(label_issues(out_of_fold(np.arange(len(y))), noisy).flagged).tolist())
+    pruned, probs = pruned_label_issues(out_of_fold, noisy)
+    found = set(np.flatnonzero(pruned.flagged).tolist())
+    assert found > one and len(found & set(flips.tolist())) > len(one & set(flips.tolist()))
+    assert len(found & set(flips.tolist())) / len(found) >= 0.9 and probs.shape == (len(y), 10)
+    # A class about to fall below two images stops the rounds instead of failing its folds.
+    tiny = np.array([0, 0, 1, 1, 1, 1])
+    issues, _ = pruned_label_issues(lambda rows: np.tile([[0.1, 0.9]], (len(rows), 1)), tiny)
+    assert issues.flagged[:2].all() and not issues.flagged[2:].any()

@@ -37,7 +37,7 @@ from ..data.splits import make_splits
 from ..reporting.render import CSS, thumbnail
 from ..train.config import DataConfig, TrainConfig
 from ..train.features import ImageSource, pretrained_features
-from ..train.label_issues import LabelIssues, label_issues, outlier_cut, outlier_scores
+from ..train.label_issues import LabelIssues, outlier_cut, outlier_scores, pruned_label_issues
 from ..train.probe import out_of_fold_probabilities
 from ..train.run import Prepared, prepare
 
@@ -156,8 +156,13 @@ def _model_findings(prep: Prepared, labelled: np.ndarray, feats: np.ndarray) -> 
     """Label errors and outliers, from the pretrained features (views, len(labelled), F)."""
     ds = prep.dataset
     y = ds.labels[labelled]
-    probs, _ = out_of_fold_probabilities(torch.from_numpy(feats).to(prep.precision.device), torch.as_tensor(y))
-    issues = label_issues(probs, y)
+    views = torch.from_numpy(feats).to(prep.precision.device)
+
+    def out_of_fold(rows: np.ndarray) -> np.ndarray:
+        return out_of_fold_probabilities(views[:, torch.from_numpy(rows).to(views.device)],
+                                         torch.as_tensor(y[rows]))[0]
+
+    issues, probs = pruned_label_issues(out_of_fold, y)
     found = [Finding(int(labelled[r]), "label error", float(issues.margin[r]), ds.classes[issues.suggested[r]], -1,
                      f"{probs[r, y[r]]:.0%} {ds.classes[y[r]]!r}, {probs[r, issues.suggested[r]]:.0%} "
                      f"{ds.classes[issues.suggested[r]]!r} out of fold")

@@ -5,7 +5,8 @@ Estimating Uncertainty in Dataset Labels"): the threshold of class j is the mean
 over the images labelled j; an image whose probability reaches the threshold of another class, the
 most probable such class, is counted in the confident joint off its diagonal: a likely label
 error, suggested that class. Images are ranked by the normalised margin (the best other class's
-probability minus the given label's), one of the paper's ranking scores.
+probability minus the given label's), one of the paper's ranking scores. ``pruned_label_issues``
+repeats it on the images left after each round.
 
 An outlier is an image far from every class in feature space: its score is one minus its largest
 cosine similarity to a class's mean direction. On flower_photos this ranks first a cathedral
@@ -17,11 +18,13 @@ over the data set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 OUTLIER_MADS = 4.0
+PRUNING_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,40 @@ def label_issues(probs: np.ndarray, labels: np.ndarray) -> LabelIssues:
     suggested = others.argmax(1)
     margin = others[np.arange(n), suggested] - probs[np.arange(n), labels]
     return LabelIssues(margin, suggested, confident != labels)
+
+
+def pruned_label_issues(out_of_fold: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,
+                        rounds: int = PRUNING_ROUNDS) -> tuple[LabelIssues, np.ndarray]:
+    """Confident learning repeated on what is left, and the out-of-fold probabilities it used.
+
+    ``out_of_fold(rows)`` gives (len(rows), K) out-of-fold probabilities of the images ``rows`` (folds
+    fitted on those images only). The images a round flags are left out of the next round's folds,
+    whose classes then learn from cleaner labels and reveal errors the first round's noisy classes
+    hid. This is iterative pruning, as in INCV (Chen et al. 2019, "Understanding and Utilizing Deep
+    Neural Networks Trained with Noisy Labels"). On flower_photos with 10% of the training labels
+    flipped (benchmarks/audit.py), three rounds found 21, 23 and 28 of the 30 flips in three draws,
+    against 19, 19 and 24 for one round, with 7, 5 and 4 clean images flagged (7, 3 and 4 for one
+    round). The rounds stop early when one flags nothing new. An image's margin, suggestion and
+    probabilities come from the last round that included it (for a flagged image, the round that
+    flagged it).
+    """
+    n = len(labels)
+    keep = np.arange(n)
+    margin, suggested, flagged = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, bool)
+    probs: np.ndarray | None = None
+    for _ in range(rounds):
+        p = out_of_fold(keep)
+        probs = np.zeros((n, p.shape[1])) if probs is None else probs
+        found = label_issues(p, labels[keep])
+        margin[keep], suggested[keep], probs[keep] = found.margin, found.suggested, p
+        flagged[keep[found.flagged]] = True
+        left = keep[~found.flagged]
+        # Nothing new, or a class would be left with fewer than two images (too few for its folds).
+        counts = np.bincount(labels[left], minlength=labels.max() + 1)[np.unique(labels)]
+        if not found.flagged.any() or counts.min() < 2:
+            break
+        keep = left
+    return LabelIssues(margin, suggested, flagged), probs
 
 
 def outlier_scores(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
