@@ -267,13 +267,6 @@ class MlflowLog:
         return self.parent
 
 
-def write_mlflow(out: Path, uri: str | None, settings: dict[str, Any], runs: list[dict[str, Any]],
-                 winner: str | None, confusion: tuple[np.ndarray, list[str]] | None = None) -> str:
-    """Log a finished compare in ``out`` (``runs``: result dicts with ``history``) to the store ``uri``
-    in one go; returns the parent run's id."""
-    return MlflowLog(out, uri, settings).finish(runs, winner, confusion)
-
-
 def _param_list(params: dict[str, str]) -> list[Any]:
     from mlflow.entities import Param
 

@@ -123,19 +123,25 @@ class FoldMemo:
     active: bool = False
 
 
-def _search(model: nn.Module, run: Callable[[], torch.Tensor]) -> list[Pair]:
+def _same(plain: torch.Tensor, folded: torch.Tensor) -> bool:
+    """Whether folding left the output as it was (up to the change in floating-point order)."""
+    return torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * (1.0 + plain.abs().max().item()))
+
+
+def _search(model: nn.Module, run: Callable[[], torch.Tensor]) -> tuple[list[Pair], torch.Tensor]:
+    """The pairs that fold without changing ``run()``'s output, and that plain output (float32)."""
     was_training = model.training
     model.eval()
     seen: list[torch.Tensor] = []  # the hooks only watch: the search pass gives the plain output
     pairs = find_pairs(model, lambda: seen.append(run()))
+    plain = seen[0].float()
     if pairs:
-        plain = seen[0].float()
         with torch.no_grad(), _installed(pairs):
             folded = run().float()
-        if not torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * (1.0 + plain.abs().max().item())):
+        if not _same(plain, folded):
             pairs = []
     model.train(was_training)
-    return pairs
+    return pairs, plain
 
 
 @contextlib.contextmanager
@@ -156,7 +162,7 @@ def folded_batchnorm(model: nn.Module, run: Callable[[], torch.Tensor], key: Has
         yield
         return
     if key not in memo.found:
-        memo.found[key] = _search(model, run)
+        memo.found[key] = _search(model, run)[0]
     memo.active = True
     try:
         with _installed(memo.found[key]):
@@ -175,10 +181,9 @@ def fold_for_inference(model: nn.Module, run: Callable[[], torch.Tensor]) -> int
     (zero mean, unit variance and scale) and skipped in eval mode, so calling it anyway changes nothing;
     if the folded model's output on ``run()`` moves, every pair is restored and 0 returned."""
     model.eval()
-    pairs = _search(model, run)
+    pairs, plain = _search(model, run)
     if not pairs:
         return 0
-    plain = run().float()
     saved = [(conv.weight.clone(), None if conv.bias is None else conv.bias.clone(),
               {k: v.clone() for k, v in bn.state_dict().items()}) for conv, bn in pairs]
     for conv, bn in pairs:
@@ -199,8 +204,7 @@ def fold_for_inference(model: nn.Module, run: Callable[[], torch.Tensor]) -> int
             bn.weight.fill_(1.0)
             bn.bias.zero_()
         bn.forward = _folded_bn(bn, type(bn).forward.__get__(bn))  # type: ignore[method-assign]
-    folded = run().float()
-    if torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * (1.0 + plain.abs().max().item())):
+    if _same(plain, run().float()):
         return len(pairs)
     for (conv, bn), (weight, bias, state) in zip(pairs, saved):
         conv.weight.copy_(weight)

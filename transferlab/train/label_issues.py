@@ -60,9 +60,9 @@ def pruned_label_issues(out_of_fold: Callable[[np.ndarray], np.ndarray], labels:
     whose classes then learn from cleaner labels and reveal errors the first round's noisy classes
     hid. This is iterative pruning, as in INCV (Chen et al. 2019, "Understanding and Utilizing Deep
     Neural Networks Trained with Noisy Labels"). On flower_photos with 10% of the training labels
-    flipped (benchmarks/audit.py), three rounds found 21, 23 and 28 of the 30 flips in three draws,
-    against 19, 19 and 24 for one round, with 7, 5 and 4 clean images flagged (7, 3 and 4 for one
-    round). The rounds stop early when one flags nothing new. An image's margin, suggestion and
+    flipped (benchmarks/audit.py), three rounds found 21, 24 and 27 of the 30 flips in three draws,
+    against 19, 19 and 24 for one round, with 11, 6 and 9 clean training images flagged (7, 3 and 4
+    for one round). The rounds stop early when one flags nothing new. An image's margin, suggestion and
     probabilities come from the last round that included it (for a flagged image, the round that
     flagged it).
     """

@@ -258,17 +258,22 @@ class _Checkpointer:
         save_checkpoint(RunState(self.model.state_dict(), phase_index, phase_state, history, s.body_changed,
                                  s.details, time.perf_counter() - self.t_start), self.path)
 
+    def _so_far(self, i: int) -> Callable[[PhaseState], list[dict[str, Any]]]:
+        """The run's whole history, given phase ``i``'s state: the earlier phases' rows, then its own."""
+        before = [h for h in self.state.history if h["phase_index"] < i]
+        return lambda st: before + [{**h, "phase_index": i} for h in st.history]
+
     def during(self, i: int) -> Callable[[PhaseState], None]:
         """The per-epoch callback of phase ``i``."""
-        before = [h for h in self.state.history if h["phase_index"] < i]
-        return lambda st: self.save(i, st, before + [{**h, "phase_index": i} for h in st.history])
+        so_far = self._so_far(i)
+        return lambda st: self.save(i, st, so_far(st))
 
     def epoch_end(self, i: int) -> Callable[[PhaseState], None] | None:
         """The every-epoch callback of phase ``i``: ``on_epoch`` with the run's whole history so far."""
         if self.on_epoch is None or not self.writes:
             return None
-        before = [h for h in self.state.history if h["phase_index"] < i]
-        return lambda st: self.on_epoch(before + [{**h, "phase_index": i} for h in st.history])
+        so_far = self._so_far(i)
+        return lambda st: self.on_epoch(so_far(st))
 
 
 def _run_phases(model: TransferModel, strategy: Strategy, inputs: PhaseInputs, ckpt: _Checkpointer,
