@@ -81,7 +81,8 @@ def test_pseudo_labels_above_the_floor_are_mostly_right_on_digits():
     prior = np.full(10, 0.1)
     accuracy = {}
     for precision in (0.8, 0.95):
-        rows, labels, floor = pseudo_labels(probe, (x[val], y[val]), x[pool], prior, 1.0, precision)
+        rows, labels, floor = pseudo_labels(probe.logits(x[val]), y[val], probe.logits(x[pool]), prior, 1.0,
+                                            precision)
         assert len(rows) >= 50
         accuracy[precision] = float((labels == y[pool][rows].numpy()).mean())
     all_pool = float((probe.weight @ x[pool].T + probe.bias[:, None]).argmax(0).eq(y[pool]).float().mean())
@@ -96,6 +97,9 @@ def test_self_train_runs_with_a_pool_and_asks_for_one_without(data_and_pool, tmp
     assert main(argv + ["--unlabelled", str(pool)]) == 0
     result = json.loads((out / "self-train" / "seed0" / "result.json").read_text())
     assert result["details"]["self_train_round"] >= 0 and len(result["history"]) >= 2
+    # the students trained on the top of the network; the one kept (or none: round 0) is recorded
+    assert {"student 1", "student 2"} <= {h["phase"] for h in result["history"]}
+    assert 0 <= result["details"]["student_round"] <= 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["unlabelled"]["images"] == 30 and manifest["data"]["splits"]["pool"] == 30
     report = (out / "report.md").read_text()
@@ -189,3 +193,22 @@ def test_sweep_puts_the_rest_of_train_into_the_pool(data_and_pool, tmp_path):
     result = json.loads((tmp_path / "sweep" / "n2" / "subset0" / "self-train" / "result.json").read_text())
     train = make_splits(load_dataset(data))["train"]
     assert result["details"]["pool_images"] == 30 + len(train) - 2 * 3  # the pool and the unused training images
+
+
+def test_a_run_killed_in_a_student_round_resumes_to_the_uninterrupted_result(data_and_pool, tmp_path):
+    from transferlab.train import train_one
+
+    data, pool = data_and_pool
+    ds = load_dataset(data)
+    prep = prepare(attach_pool(ds, str(pool), str(data)), make_splits(ds), TINY)
+    full = train_one(prep, TINY, "self-train", 0, tmp_path / "full")
+
+    def kill_in_round_two(history):
+        if any(h["phase"] == "student 2" for h in history):
+            raise KeyboardInterrupt  # as a kill: the process stops inside the phase
+    with pytest.raises(KeyboardInterrupt):
+        train_one(prep, TINY, "self-train", 0, tmp_path / "cut", on_epoch=kill_in_round_two)
+    cut = train_one(prep, TINY, "self-train", 0, tmp_path / "cut", resume=True)
+    assert cut.details.student_round == full.details.student_round
+    assert cut.test_acc == full.test_acc and cut.test_loss == pytest.approx(full.test_loss, abs=1e-6)
+    assert [h["val_loss"] for h in cut.history] == pytest.approx([h["val_loss"] for h in full.history], nan_ok=True)

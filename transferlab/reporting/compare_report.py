@@ -246,7 +246,11 @@ def _pool_use(name: str, runs: list[dict]) -> str:
     """What the runs of ``name`` took from the pool, per seed."""
     details = [r.get("details", {}) for r in runs if r["strategy"] == name]
     if name == "self-train":
-        return "pseudo-labels: " + ", ".join(str(d.get("pseudo_labels", 0)) for d in details)
+        text = "pseudo-labels: " + ", ".join(str(d.get("pseudo_labels", 0)) for d in details)
+        if any("student_round" in d for d in details):
+            text += "; student round kept (images): " + ", ".join(
+                f"{d.get('student_round', 0)} ({d.get('student_pseudo_labels', 0)})" for d in details)
+        return text
     if name.startswith("surrogate") and details:
         d = details[0]
         return (f"body pretrained {d.get('surrogate_epochs', '?')} epochs ({d.get('surrogate_seconds', 0):.0f} s, "
@@ -270,7 +274,10 @@ def _unlabelled(summary: dict, metrics: dict, manifest: dict) -> Section | None:
     if "self-train" in summary:
         text += (" self-train labels the pool with the probe and fits again, round by round; it keeps a later "
                  "round only when that round is clearly better than the probe on validation (0 pseudo-labels "
-                 "used: the probe itself was kept).")
+                 "used: the probe itself was kept). Then students (the last backbone groups and the head) train "
+                 "on the labelled images and the pool images the model before them labels; the one with the "
+                 "lowest validation loss is kept unless the probe's self-training is clearly better on "
+                 "validation (round 0).")
     if any(n.startswith("surrogate") for n in summary):
         text += (" The surrogate strategies pretrain the body on a self-supervised task over the training and "
                  "pool images, labels unused (surrogate from random weights, against scratch; surrogate-imagenet "

@@ -132,6 +132,12 @@ class SemiConfig(Settings):
                                        "clearly better than the probe)", minimum=1, maximum=20)
     pseudo_precision: float = option(0.8, "self-train: no pseudo-label below the calibrated confidence at which "
                                           "this share of validation images is right", minimum=0.5, maximum=1)
+    student_rounds: int = option(2, "self-train: rounds of a student (the last two backbone groups and the head) "
+                                    "trained on the labelled images and the pool images the model before it "
+                                    "labels; each starts from the pretrained weights, the one best on validation "
+                                    "is kept (0: the probe's self-training alone)", minimum=0, maximum=10)
+    student_share: float = option(0.5, "self-train: the share of the pool each student round labels (the most "
+                                       "confident, per class)", minimum=0.01, maximum=1)
     surrogate_objective: str = option("exemplar", "surrogate: the self-supervised task the body learns on the "
                                                   "training and unlabelled images before the finetune recipe: "
                                                   "exemplar (every image a class of its own, its augmented views "

@@ -382,8 +382,8 @@ def fit_phase(model: TransferModel, phase: Phase, train: Batches, val: Batches, 
         # The starting weights are a candidate too: a step that only makes validation worse
         # (common in chain-thaw) is undone rather than passed on to the next step.
         val_loss, val_acc = evaluate(model, val, ctx.precision, ctx.data_parallel)
-        state = PhaseState(best_val_loss=val_loss, best_val_acc=val_acc, best_epoch=0,
-                           best_state=_trainable_state(model))
+        state = PhaseState(best_val_loss=val_loss if method.keep_start else float("inf"), best_val_acc=val_acc,
+                           best_epoch=0, best_state=_trainable_state(model))
     average = WeightAverage(model, method.ema, state.average) if method.ema else None
     recipe = _recipe(model, method, train, ctx, average)
     saved = time.perf_counter()

@@ -26,6 +26,9 @@ class RunDetails:
         weights: an ensemble's members and their weights.
         pseudo_labels: self-train: the pool images labelled in the round kept (0: the probe's round).
         self_train_round: self-train: the round kept (best on validation).
+        student_round: self-train: the student round kept (0: the probe's self-training, clearly
+            better on validation, or no pool image above the confidence floor).
+        student_pseudo_labels: self-train: the pool images the kept student trained on.
         pool_images: self-train and surrogate: the unlabelled images it could learn from.
         surrogate_epochs, surrogate_seconds: surrogate: the pretraining's epochs and training time.
         surrogate_cached: surrogate: the body came from the cache (another run pretrained it).
@@ -40,6 +43,8 @@ class RunDetails:
     weights: dict[str, float] | None = None
     pseudo_labels: int | None = None
     self_train_round: int | None = None
+    student_round: int | None = None
+    student_pseudo_labels: int | None = None
     pool_images: int | None = None
     surrogate_epochs: int | None = None
     surrogate_seconds: float | None = None

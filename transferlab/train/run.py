@@ -155,7 +155,8 @@ class PhaseInputs:
             return None
         if "pool" not in self.prep.splits:
             raise DataError(f"{phase.name} learns from unlabelled images: pass --unlabelled PATH")
-        return self.batches(self.prep.splits["pool"], self.level(phase), 1, pristine)
+        views = self.config.augment.views if runner.pool_views and self.config.augment.augment else 1
+        return self.batches(self.prep.splits["pool"], self.level(phase), views, pristine)
 
     def after_phase(self, phase: Phase) -> None:
         """Drop the cached prefix if a group below its level has just trained."""

@@ -16,11 +16,11 @@ from ..models.heads import TransferModel
 from ..runtime.distributed import is_main
 from .batches import Batches, ImageBatches, TensorBatches
 from .config import BatchNormPolicy
-from .engine import PhaseContext, evaluate, fit_phase
+from .engine import PhaseContext, evaluate, fit_phase, predict_pooled
 from .probe import fit_probe
 from .records import RunDetails
-from .selftrain import self_train
-from .strategies import Gradient, Phase, Probe, SelfTrain, Surrogate
+from .selftrain import clearly_better, pseudo_labels, self_train
+from .strategies import Gradient, Phase, Probe, SelfTrain, Student, Surrogate
 from .surrogate import pretrained_body
 
 
@@ -50,23 +50,26 @@ class Runner:
         augmented: whether it trains on augmented views of cached inputs (else the centre view only).
         pool: whether it learns from the unlabelled pool (its centre views at the phase's level).
         pool_optional: it learns from the pool when there is one, and from the training images alone otherwise.
+        pool_views: it trains on the pool's augmented views too (else the centre view only).
     """
 
     run: Callable[[PhaseRun], list[dict[str, Any]]]
     augmented: bool
     pool: bool = False
     pool_optional: bool = False
+    pool_views: bool = False
 
 
 RUNNERS: dict[type, Runner] = {}
 
 
-def register_runner(method: type, augmented: bool, pool: bool = False, pool_optional: bool = False) -> Callable:
+def register_runner(method: type, augmented: bool, pool: bool = False, pool_optional: bool = False,
+                    pool_views: bool = False) -> Callable:
     """Decorator registering the runner of phases whose method is a ``method``."""
     def wrap(fn: Callable[[PhaseRun], list[dict[str, Any]]]) -> Callable:
         if method in RUNNERS:
             raise ValueError(f"a runner for {method.__name__} is already registered")
-        RUNNERS[method] = Runner(fn, augmented, pool, pool_optional)
+        RUNNERS[method] = Runner(fn, augmented, pool, pool_optional, pool_views)
         return fn
     return wrap
 
@@ -161,6 +164,70 @@ def run_self_train(r: PhaseRun) -> list[dict[str, Any]]:
     return [{"phase": r.phase.name, "epoch": q.round + 1, "train_loss": float("nan"),
              "val_loss": val_loss if q.round == kept else float("nan"), "val_acc": q.val_acc, "seconds": seconds}
             for q in rounds]
+
+
+def with_pseudo_labels(train: TensorBatches, pool: TensorBatches, rows: np.ndarray,
+                       labels: np.ndarray) -> TensorBatches:
+    """The training inputs and the pool's ``rows`` labelled ``labels``, every view of each. The labelled
+    images are repeated until they weigh about a quarter of the pseudo-labelled ones: five labelled
+    images per class would otherwise be a few percent of the batches."""
+    repeat = max(1, round(len(rows) / max(len(train), 1) / 4))
+    index = torch.as_tensor(rows, device=pool.tensors.device)
+    tensors = torch.cat([train.tensors] * repeat + [pool.tensors[:, index].to(train.tensors.dtype)], 1)
+    y = torch.cat([train.labels.repeat(repeat), torch.as_tensor(labels).to(train.labels.device)])
+    joined = TensorBatches(tensors, y, train.level, train.batch_size)
+    joined.balanced = train.balanced
+    return joined
+
+
+@register_runner(Student, augmented=True, pool=True, pool_views=True)
+def run_student(r: PhaseRun) -> list[dict[str, Any]]:
+    """Rounds of a student (``strategies.Student``): the model labels the pool (calibrated on
+    validation, the confidence floor and per-class shares of ``train.selftrain``); the phase's parts,
+    reset to their weights at the phase's start, train on the labelled and pseudo-labelled images in
+    the engine's loop; the student becomes the next round's teacher. The student with the lowest
+    validation loss is kept, unless the teacher the phase started with is right on clearly more of
+    the validation images they disagree on (``selftrain.clearly_better``): then it stays (round 0).
+
+    No checkpoint is written inside the phase: a run killed here starts it again from the weights
+    the phase started with (the checkpoint of the phase before), a few minutes at most on a CPU."""
+    if not all(isinstance(b, TensorBatches) for b in (r.train, r.val, r.pool)):
+        raise TypeError("the student trains on cached inputs of its first group")
+    m, precision = r.phase.method, r.ctx.precision
+    start = {k: v.detach().clone() for k, v in r.model.state_dict().items()}
+    prior = np.bincount(r.train.labels.cpu().numpy(), minlength=r.model.num_classes) / len(r.train)
+    ctx = replace(r.ctx, checkpoint=None, resume=None)
+    first_views = TensorBatches(r.pool.first_view()[None], r.pool.labels, r.pool.level, r.pool.batch_size)
+    val_y = r.val.labels.cpu()
+
+    def val_right() -> np.ndarray:
+        return (predict_pooled(r.model, r.val, precision)[0].argmax(1) == val_y).numpy()
+
+    teacher_right, rows = val_right(), []
+    best: tuple[float, int, int, dict[str, torch.Tensor]] | None = None  # (val loss, round, images, weights)
+    for n in range(1, m.rounds + 1):
+        chosen = pseudo_labels(predict_pooled(r.model, r.val, precision)[0], val_y,
+                               predict_pooled(r.model, first_views, precision)[0], prior, m.share, m.precision)
+        if chosen is None or not len(chosen[0]):
+            break
+        r.model.load_state_dict(start)
+        phase = replace(r.phase, name=f"{r.phase.name} {n}", method=replace(m.fit, balanced=m.balanced))
+        result = fit_phase(r.model, phase, with_pseudo_labels(r.train, r.pool, *chosen[:2]), r.val,
+                           replace(ctx, seed=r.ctx.seed + 7919 * n))
+        rows += result.history
+        if best is None or result.best_val_loss < best[0]:
+            best = (result.best_val_loss, n, len(chosen[0]),
+                    {k: v.detach().clone() for k, v in r.model.state_dict().items()})
+    kept, images = 0, 0
+    if best is not None:
+        r.model.load_state_dict(best[3])
+        if clearly_better(teacher_right, val_right()):
+            r.model.load_state_dict(start)
+        else:
+            kept, images = best[1], best[2]
+    r.details.student_round, r.details.student_pseudo_labels = kept, images
+    r.improved = kept > 0
+    return rows
 
 
 @register_runner(Surrogate, augmented=False, pool=True, pool_optional=True)

@@ -16,7 +16,8 @@ What makes it safe with a handful of labels:
   a gain of two images in 150 is noise, and at 60 images per class of flower_photos adopting it
   cost 1.4 points of test accuracy.
 
-Everything runs on cached features, so a round costs seconds on a CPU.
+Everything runs on cached features, so a round costs seconds on a CPU. The strategy ``self-train``
+then trains students on the top of the network with the same pseudo-labels (``strategies.Student``).
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ class Round:
     C: float
 
 
-def _probs(fit: LinearFit, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    return (fit.logits(x) / temperature).softmax(1)
-
-
 def confidence_threshold(conf: np.ndarray, right: np.ndarray, precision: float) -> float | None:
     """The lowest confidence such that the examples at or above it are right at least ``precision``
     of the time (None when even the most confident one is wrong)."""
@@ -57,25 +54,25 @@ def confidence_threshold(conf: np.ndarray, right: np.ndarray, precision: float) 
     return float(conf[order][ok.max()]) if len(ok) else None
 
 
-def pseudo_labels(fit: LinearFit, val: tuple[torch.Tensor, torch.Tensor], pool: torch.Tensor,
-                  prior: np.ndarray, share: float, precision: float) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """The pool rows to label, their labels and the confidence floor: per class ``c`` the most
-    confident ``share * prior[c]`` of the pool predicted ``c``, above the calibrated confidence at which
-    validation reaches ``precision``. None when no confidence reaches it."""
-    vx, vy = val
-    logits_val = fit.logits(vx).cpu()
-    temperature = fit_temperature(logits_val.softmax(1).numpy(), vy.cpu().numpy())
-    pv = _probs(fit, vx, temperature).cpu().numpy()
-    floor = confidence_threshold(pv.max(1), pv.argmax(1) == vy.cpu().numpy(), precision)
+def pseudo_labels(val_logits: torch.Tensor, val_y: torch.Tensor, pool_logits: torch.Tensor, prior: np.ndarray,
+                  share: float, precision: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The pool rows to label, their labels and the confidence floor, from a model's logits on
+    validation and on the pool: per class ``c`` the most confident ``share * prior[c]`` of the pool
+    predicted ``c``, above the calibrated confidence at which validation reaches ``precision``. None
+    when no confidence reaches it."""
+    val_logits, pool_logits, vy = val_logits.float().cpu(), pool_logits.float().cpu(), val_y.cpu().numpy()
+    temperature = fit_temperature(val_logits.softmax(1).numpy(), vy)
+    pv = (val_logits / temperature).softmax(1).numpy()
+    floor = confidence_threshold(pv.max(1), pv.argmax(1) == vy, precision)
     if floor is None:
         return None
-    pp = _probs(fit, pool, temperature).cpu().numpy()
+    pp = (pool_logits / temperature).softmax(1).numpy()
     conf, label = pp.max(1), pp.argmax(1)
     keep = []
     for c, part in enumerate(prior):
         rows = np.flatnonzero((label == c) & (conf >= floor))
         rows = rows[np.argsort(-conf[rows], kind="stable")]
-        keep.append(rows[:int(np.ceil(share * part * len(pool)))])
+        keep.append(rows[:int(np.ceil(share * part * len(pool_logits)))])
     rows = np.sort(np.concatenate(keep)).astype(np.int64)
     return rows, label[rows], floor
 
@@ -99,7 +96,7 @@ def self_train(x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.
     history = [Round(0, 0, 1.0, accuracy(fit), fit.C)]
     fits, current = [fit], fit
     for r in range(1, rounds + 1):
-        chosen = pseudo_labels(current, val, pool, prior, r / rounds, precision)
+        chosen = pseudo_labels(current.logits(val[0]), val[1], current.logits(pool), prior, r / rounds, precision)
         if chosen is None or not len(chosen[0]):
             break
         rows, labels, threshold = chosen
