@@ -5,13 +5,16 @@ does; the references run in the same process on the same subsets.
 
     python benchmarks/unlabelled.py [--data ../shared/datasets/flower_photos]
         [--pool ../shared/datasets/flower_photos_unlabelled] [--per-class 5,20,60] [--subsets 3]
-        [--strategies features,probe,self-train,finetune] [--references probe-cv,finetune-1step]
+        [--strategies features,probe,self-train,finetune] [--references probe-cv,probe-unit-variance,finetune-1step]
         [--suggest] [--record rows.jsonl] [--out runs/bench-unlabelled]
         [--surrogate-objective simclr|exemplar] [--surrogate-size PX] [--surrogate-minutes M]
 
 References:
 - probe-cv: the probe as it was, C by stratified cross-validation on the training images, centre
-  crops only (``fit_logreg`` without ``val``), on the same cached features.
+  crops only, every feature scaled to unit variance (``fit_logreg`` without ``val``, ``scale_prior=0``),
+  on the same cached features.
+- probe-unit-variance: the probe's fit (C on validation, every view) without the shrinkage of the
+  features' variances (``scale_prior=0``).
 - scratch, when surrogate strategies run too, gets their time (pretraining included) as its budget:
   equal compute.
 - finetune-1step: finetune with a head epoch of one pass whatever the training set's size (the
@@ -69,8 +72,16 @@ def _accuracy(fit, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _probe_cv(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, test: np.ndarray, seed: int) -> float:
-    fit = fit_logreg(feats[0, train], labels[train], seed)
+    fit = fit_logreg(feats[0, train], labels[train], seed, scale_prior=0)
     return _accuracy(fit, feats[0, test], labels[test])
+
+
+def _probe_unit_variance(feats: torch.Tensor, labels: torch.Tensor, train: np.ndarray, splits: dict) -> float:
+    """The probe's fit (C on validation, every view) with every feature scaled to unit variance."""
+    views = feats.shape[0]
+    fit = fit_logreg(feats[:, train].flatten(0, 1), labels[train].repeat(views), scale_prior=0,
+                     val=(feats[0, splits["val"]], labels[splits["val"]]))
+    return _accuracy(fit, feats[0, splits["test"]], labels[splits["test"]])
 
 
 def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int) -> list[dict]:
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", default="5,20,60")
     p.add_argument("--subsets", type=int, default=3)
     p.add_argument("--strategies", default="features,probe,self-train,finetune")
-    p.add_argument("--references", default="probe-cv", help="probe-cv, finetune-1step (comma-separated, or none)")
+    p.add_argument("--references", default="probe-cv",
+                   help="probe-cv, probe-unit-variance, finetune-1step (comma-separated, or none)")
     p.add_argument("--suggest", action="store_true", help="also the active-learning study")
     p.add_argument("--record", help="append every row to this JSONL file")
     p.add_argument("--out", default="runs/bench-unlabelled")
@@ -141,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 if name == "probe-cv":
                     acc, compute = _probe_cv(feats, labels, train, splits["test"], s), None
+                elif name == "probe-unit-variance":
+                    acc, compute = _probe_unit_variance(feats, labels, train, splits), None
                 else:
                     steps = engine.MIN_HEAD_STEPS
                     if name == "finetune-1step":
