@@ -8,6 +8,7 @@ does; the references run in the same process on the same subsets.
         [--strategies features,probe,self-train,finetune] [--references probe-cv,probe-unit-variance,finetune-1step]
         [--suggest] [--record rows.jsonl] [--out runs/bench-unlabelled]
         [--surrogate-objective simclr|exemplar] [--surrogate-size PX] [--surrogate-minutes M]
+        [--student-share S] [--student-rounds R]
 
 References:
 - probe-cv: the probe as it was, C by stratified cross-validation on the training images, centre
@@ -127,10 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--surrogate-objective", default=SemiConfig().surrogate_objective)
     p.add_argument("--surrogate-size", type=int, default=SemiConfig().surrogate_size)
     p.add_argument("--surrogate-minutes", type=float, default=SemiConfig().surrogate_minutes)
+    p.add_argument("--student-share", type=float, default=SemiConfig().student_share)
+    p.add_argument("--student-rounds", type=int, default=SemiConfig().student_rounds)
     args = p.parse_args(argv)
 
     config = TrainConfig(semi=SemiConfig(surrogate_objective=args.surrogate_objective,
-                                         surrogate_size=args.surrogate_size, surrogate_minutes=args.surrogate_minutes))
+                                         surrogate_size=args.surrogate_size, surrogate_minutes=args.surrogate_minutes,
+                                         student_share=args.student_share, student_rounds=args.student_rounds))
     ds = load_dataset(args.data)
     base = make_splits(ds)
     prep = prepare(attach_pool(ds, args.pool, args.data), base, config, quiet=False)
