@@ -31,7 +31,7 @@ MAX_ITER = 300  # L-BFGS iterations per C (warm starts make later ones short)
 # head at 5 per class. Each feature's variance is shrunk towards the mean variance as if this many
 # rows had it (100 images with the default 3 views): mostly a common scale at 5 images per class,
 # mostly per-feature at 60. flower_photos, lite0, C on validation, 3 subsets (README): 67.6 -> 72.2%
-# at 5 per class, 80.5 -> 81.9% at 20, 87.6 -> 87.0% at 60 (one subset: 3 test images).
+# at 5 per class, 80.5 -> 81.8% at 20, 87.6 -> 87.0% at 60 (all of train: 3 test images).
 SCALE_PRIOR_ROWS = 300
 
 

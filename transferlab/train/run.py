@@ -135,10 +135,15 @@ class PhaseInputs:
             return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
         return encode(self.model, self.images, idx, labels, level, views, size)
 
+    def views(self, augmented: bool) -> int:
+        """Cached views per image for a runner that trains on augmented ones (``augmented``), or not."""
+        aug = self.config.augment
+        return aug.views if augmented and aug.augment else 1
+
     def for_phase(self, phase: Phase, pristine: bool) -> tuple[Batches, Batches]:
         """(train, val) batches for ``phase``."""
-        level, splits, aug = self.level(phase), self.prep.splits, self.config.augment
-        views = aug.views if aug.augment and runner_for(phase).augmented else 1
+        level, splits = self.level(phase), self.prep.splits
+        views = self.views(runner_for(phase).augmented)
         if self.prefix is not None and 0 < self.prefix[0].level <= level < self.model.pooled_level:
             train, val = (advance(self.model, b, level, self.prep.precision) for b in self.prefix)
         else:
@@ -155,8 +160,7 @@ class PhaseInputs:
             return None
         if "pool" not in self.prep.splits:
             raise DataError(f"{phase.name} learns from unlabelled images: pass --unlabelled PATH")
-        views = self.config.augment.views if runner.pool_views and self.config.augment.augment else 1
-        return self.batches(self.prep.splits["pool"], self.level(phase), views, pristine)
+        return self.batches(self.prep.splits["pool"], self.level(phase), self.views(runner.pool_views), pristine)
 
     def after_phase(self, phase: Phase) -> None:
         """Drop the cached prefix if a group below its level has just trained."""

@@ -200,14 +200,16 @@ def run_student(r: PhaseRun) -> list[dict[str, Any]]:
     first_views = TensorBatches(r.pool.first_view()[None], r.pool.labels, r.pool.level, r.pool.batch_size)
     val_y = r.val.labels.cpu()
 
-    def val_right() -> np.ndarray:
-        return (predict_pooled(r.model, r.val, precision)[0].argmax(1) == val_y).numpy()
+    def val_logits() -> torch.Tensor:
+        return predict_pooled(r.model, r.val, precision)[0]
 
-    teacher_right, rows = val_right(), []
-    best: tuple[float, int, int, dict[str, torch.Tensor]] | None = None  # (val loss, round, images, weights)
+    logits = val_logits()  # of the model as it stands: the teacher of the next round
+    teacher_right, rows = (logits.argmax(1) == val_y).numpy(), []
+    # the best student so far: (validation loss, round, pseudo-labels, weights, right on validation)
+    best: tuple[float, int, int, dict[str, torch.Tensor], np.ndarray] | None = None
     for n in range(1, m.rounds + 1):
-        chosen = pseudo_labels(predict_pooled(r.model, r.val, precision)[0], val_y,
-                               predict_pooled(r.model, first_views, precision)[0], prior, m.share, m.precision)
+        chosen = pseudo_labels(logits, val_y, predict_pooled(r.model, first_views, precision)[0], prior, m.share,
+                               m.precision)
         if chosen is None or not len(chosen[0]):
             break
         r.model.load_state_dict(start)
@@ -215,16 +217,17 @@ def run_student(r: PhaseRun) -> list[dict[str, Any]]:
         result = fit_phase(r.model, phase, with_pseudo_labels(r.train, r.pool, *chosen[:2]), r.val,
                            replace(ctx, seed=r.ctx.seed + 7919 * n))
         rows += result.history
+        logits = val_logits()
         if best is None or result.best_val_loss < best[0]:
             best = (result.best_val_loss, n, len(chosen[0]),
-                    {k: v.detach().clone() for k, v in r.model.state_dict().items()})
+                    {k: v.detach().clone() for k, v in r.model.state_dict().items()},
+                    (logits.argmax(1) == val_y).numpy())
     kept, images = 0, 0
-    if best is not None:
+    if best is not None and not clearly_better(teacher_right, best[4]):
         r.model.load_state_dict(best[3])
-        if clearly_better(teacher_right, val_right()):
-            r.model.load_state_dict(start)
-        else:
-            kept, images = best[1], best[2]
+        kept, images = best[1], best[2]
+    else:
+        r.model.load_state_dict(start)
     r.details.student_round, r.details.student_pseudo_labels = kept, images
     r.improved = kept > 0
     return rows
