@@ -54,8 +54,9 @@ def free_port() -> int:
 SERIAL = """
 import asyncio, sys, uvicorn
 from transferlab.inference.backends import load_backend
-from transferlab.inference.server import make_app
-app = make_app(load_backend(sys.argv[1], None, sys.argv[3] or None), max_batch=1, window_ms=0)
+from transferlab.inference.server import load_in_model_thread, make_app
+backend, executor = load_in_model_thread(lambda: load_backend(sys.argv[1], None, sys.argv[3] or None))
+app = make_app(backend, max_batch=1, window_ms=0, executor=executor)
 lock = asyncio.Lock()
 async def serial(scope, receive, send):
     if scope["type"] != "http":
@@ -109,8 +110,16 @@ def post(conn: http.client.HTTPConnection, body: bytes, kind: str) -> tuple[int,
         return r.status, {"raw": raw[:200].decode(errors="replace")}
 
 
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())
+
+
 def load(port: int, images: list[bytes], clients: int, total: int) -> dict:
-    """``clients`` threads sending single images until ``total`` requests are answered."""
+    """``clients`` threads sending single images until ``total`` requests are answered; with the model
+    thread's share of the wall time and the mean batch, from the server's /health before and after."""
+    before = health(port)
     latencies, errors, lock = [], [], threading.Lock()
     counter = iter(range(total))
     bodies = [multipart([(f"img{k}.jpg", b)]) for k, b in enumerate(images)]
@@ -131,10 +140,43 @@ def load(port: int, images: list[bytes], clients: int, total: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    after = health(port)
     lat = np.array(latencies) * 1000
+    batches = after["batches"] - before["batches"]
+    images_run = after["batches"] * (after["mean_batch"] or 0) - before["batches"] * (before["mean_batch"] or 0)
     return {"requests": len(latencies), "errors": len(errors), "seconds": round(wall, 2),
+            "model_share": round((after["model_seconds"] - before["model_seconds"]) / wall, 2),
+            "mean_batch": round(images_run / batches, 2) if batches else None,
             "throughput_rps": round(len(latencies) / wall, 2), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+
+
+def model_cost(run_dir: str, onnx: str | None, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 10) -> dict:
+    """The model alone (no HTTP, no decoding), loaded and run in one model thread as the servers do:
+    median ms per image at each batch size. What batching can save is bounded by how much less an
+    image costs in a batch than alone."""
+    from transferlab.data.imagecache import cache_side
+    from transferlab.inference.backends import load_backend
+    from transferlab.inference.server import load_in_model_thread
+
+    backend, thread = load_in_model_thread(lambda: load_backend(run_dir, None, onnx))
+    side = cache_side(backend.data_config)
+    squares = list(np.random.default_rng(0).integers(0, 256, (max(sizes), side, side, 3), dtype=np.uint8))
+
+    def per_image(n: int) -> float:
+        for _ in range(3):
+            backend.run(squares[:n])
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            backend.run(squares[:n])
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) / n * 1000
+
+    try:
+        return {n: round(thread.submit(per_image, n).result(), 1) for n in sizes}
+    finally:
+        thread.shutdown()
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -203,6 +245,8 @@ def main() -> None:
     cpu = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
     servers = {"serial (one request start to finish at a time)": 0, "one model call at a time": 1,
                f"micro-batching (max {args.max_batch})": args.max_batch}
+    alone = model_cost(args.run_dir, args.onnx)
+    print(json.dumps({"model_ms_per_image_by_batch": alone}), flush=True)
     procs, ports = {}, {}
     try:
         for name, batch in servers.items():  # both up for the whole run; each idles while the other is loaded
@@ -226,18 +270,20 @@ def main() -> None:
             proc.wait(30)
     print(f"\n### Server under load: {args.clients} clients, single images, {args.requests} requests x "
           f"{args.rounds} rounds each, {os.cpu_count()} cores ({cpu}), backend {'onnx' if args.onnx else 'pytorch'}\n")
-    print("| server | requests/s (median; each round) | p50 ms | p99 ms | errors | peak MB |")
-    print("|---|---|---|---|---|---|")
+    print("| server | requests/s (median; each round) | p50 ms | p99 ms | model busy | mean batch | errors | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in rounds.items():
         rps = [r["throughput_rps"] for r in rows]
         print(f"| {name} | {np.median(rps):.2f} ({', '.join(f'{v:.1f}' for v in rps)}) "
               f"| {np.median([r['p50_ms'] for r in rows]):.0f} | {np.median([r['p99_ms'] for r in rows]):.0f} "
+              f"| {np.median([r['model_share'] for r in rows]):.0%} | {np.median([r['mean_batch'] for r in rows]):.1f} "
               f"| {sum(r['errors'] for r in rows)} | {peaks[name]:.0f} |")
     serial, one_call, new = rounds.values()
     for name, ref in (("serial", serial), ("one model call at a time", one_call)):
         ratios = [b["throughput_rps"] / a["throughput_rps"] for a, b in zip(ref, new)]
         print(f"\nthroughput ratio (batching / {name}), per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {np.median(ratios):.2f}x")
+    print("\nthe model alone, ms per image by batch size: " + ", ".join(f"{n}: {ms}" for n, ms in alone.items()))
     print("\n### Hostile requests (batching server)\n")
     print("| request | status | JSON error | still answering |\n|---|---|---|---|")
     for row in bad:

@@ -27,7 +27,7 @@ from transferlab.inference.classifier import TransferClassifier
 from transferlab.inference.classify import pixels
 from transferlab.inference.export import export_model
 from transferlab.inference.predict import predict
-from transferlab.inference.server import make_app
+from transferlab.inference.server import load_in_model_thread, make_app
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,8 @@ def client(shipped):
     from starlette.testclient import TestClient
 
     _, out, _ = shipped
-    with TestClient(make_app(TorchBackend(out), max_batch=8, window_ms=20)) as c:
+    backend, thread = load_in_model_thread(lambda: TorchBackend(out))  # as `transferlab serve` loads it
+    with TestClient(make_app(backend, max_batch=8, window_ms=20, executor=thread)) as c:
         yield c
 
 

@@ -57,18 +57,18 @@ def run_export(args: argparse.Namespace) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     """Serve a run's model (or its ONNX export) over HTTP, with the page at /."""
     try:
-        from ..inference.server import Limits, serve
+        from ..inference.server import Limits, load_in_model_thread, serve
     except ImportError:
         raise TransferlabError("serve needs starlette, uvicorn and python-multipart: "
                                "pip install 'transferlab[serve]'") from None
     from ..inference.backends import load_backend
 
-    backend = load_backend(args.run_dir, args.strategy, args.onnx)
+    backend, executor = load_in_model_thread(lambda: load_backend(args.run_dir, args.strategy, args.onnx))
     out.print(f"serving {backend.kind} model of {backend.folder} ({len(backend.classes)} classes): "
               f"page http://{args.host}:{args.port}/  api POST http://{args.host}:{args.port}/predict  "
               "(Ctrl-C stops)", markup=False, highlight=False)
     serve(backend, args.host, args.port, args.max_batch, args.batch_window_ms,
-          Limits(max_upload_mb=args.max_upload_mb, max_images=args.max_images), quiet=args.quiet)
+          Limits(max_upload_mb=args.max_upload_mb, max_images=args.max_images), quiet=args.quiet, executor=executor)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

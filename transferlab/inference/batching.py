@@ -16,14 +16,27 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-class MicroBatcher:
-    """Run ``fn(items) -> rows`` (one row per item) on batches gathered from concurrent ``submit`` calls."""
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread in which a server loads, warms up and runs its model.
 
-    def __init__(self, fn: Callable[[list], list], max_batch: int = 32, window_s: float = 0.005):
+    PyTorch's OpenMP keeps a team of worker threads for each thread that starts parallel work. Once a
+    second thread has run the model, a lone image takes about twice as long in either of them (lite0 on
+    2 cores: 16-22 ms before, 43-46 ms after; batches of 8 move by a tenth), so a model loaded in the
+    main thread and run in another is slow at low load.
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="model")
+
+
+class MicroBatcher:
+    """Run ``fn(items) -> rows`` (one row per item) on batches gathered from concurrent ``submit`` calls,
+    in ``executor``'s one thread (``model_thread()``: a new one when not given)."""
+
+    def __init__(self, fn: Callable[[list], list], max_batch: int = 32, window_s: float = 0.005,
+                 executor: ThreadPoolExecutor | None = None):
         if max_batch < 1 or window_s < 0:
             raise ValueError("max_batch >= 1 and window_s >= 0")
         self.fn, self.max_batch, self.window_s = fn, max_batch, window_s
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")  # the model runs in one thread
+        self.executor = executor or model_thread()
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.batches: list[int] = []  # the size of every batch run (for /health and the benchmark)

@@ -21,6 +21,8 @@ import binascii
 import io
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,7 @@ from starlette.routing import Route
 from ..data.imagecache import cache_side
 from ..data.images import to_rgb
 from .backends import model_card_of, square
-from .batching import MicroBatcher
+from .batching import MicroBatcher, model_thread
 from .page import PAGE
 
 UNKNOWN = "unknown"
@@ -204,8 +206,10 @@ async def _crashed(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, f"the server failed on this request ({type(exc).__name__}); it keeps running")
 
 
-def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits | None = None) -> Starlette:
-    """The ASGI app serving ``backend`` (``inference.backends``); ``max_batch=1`` serves one request at a time."""
+def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits | None = None,
+             executor: ThreadPoolExecutor | None = None) -> Starlette:
+    """The ASGI app serving ``backend`` (``inference.backends``); ``max_batch=1`` serves one request at a time.
+    ``executor``: the model thread the backend was loaded in (``load_in_model_thread``)."""
     limits = limits or Limits()
     cfg = backend.data_config
 
@@ -213,7 +217,7 @@ def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits
         probs, scores = backend.run(squares)
         return list(zip(probs, scores))
 
-    batcher = MicroBatcher(run, max_batch, window_ms / 1000.0)
+    batcher = MicroBatcher(run, max_batch, window_ms / 1000.0, executor)
 
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -256,10 +260,17 @@ def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits
     return app
 
 
+def load_in_model_thread(load: Callable[[], Any]) -> tuple[Any, ThreadPoolExecutor]:
+    """``load()`` (a backend) run in a new model thread, and that thread, for ``make_app``: every model
+    call then comes from the thread that built and warmed up the model (``batching.model_thread``)."""
+    executor = model_thread()
+    return executor.submit(load).result(), executor
+
+
 def serve(backend, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, window_ms: float = 5.0,
-          limits: Limits | None = None, quiet: bool = False) -> None:
+          limits: Limits | None = None, quiet: bool = False, executor: ThreadPoolExecutor | None = None) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    uvicorn.run(make_app(backend, max_batch, window_ms, limits), host=host, port=port,
+    uvicorn.run(make_app(backend, max_batch, window_ms, limits, executor), host=host, port=port,
                 log_level="warning" if quiet else "info", access_log=not quiet)
