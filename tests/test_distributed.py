@@ -78,9 +78,12 @@ def test_data_parallel_compare_matches_one_process_within_rounding(tmp_path):
         assert a["strategy"] == b["strategy"] and a["epochs"] == b["epochs"]
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-2)
         assert abs(a["test_acc"] - b["test_acc"]) <= 0.1 + 1e-6  # at most one of the 10 test images
-    [f1], [f2] = ((tmp_path / f"home{n}" / "features").glob("*/features.npy") for n in (1, 2))
-    assert np.array_equal(np.load(f1.parent / "done.npy"), np.load(f2.parent / "done.npy"))
-    np.testing.assert_allclose(np.load(f2), np.load(f1), rtol=1e-4, atol=1e-5)
+    [d1], [d2] = ((tmp_path / f"home{n}" / "features").glob("*/done.npy") for n in (1, 2))
+    assert np.array_equal(np.load(d1), np.load(d2))
+    views = sorted(p.name for p in d1.parent.glob("view*.npy"))
+    assert views and views == sorted(p.name for p in d2.parent.glob("view*.npy"))
+    for name in views:
+        np.testing.assert_allclose(np.load(d2.parent / name), np.load(d1.parent / name), rtol=1e-4, atol=1e-5)
 
 
 def _worker_pid(torchrun: subprocess.Popen, rank: int) -> int:

@@ -212,3 +212,21 @@ def test_a_run_killed_in_a_student_round_resumes_to_the_uninterrupted_result(dat
     assert cut.details.student_round == full.details.student_round
     assert cut.test_acc == full.test_acc and cut.test_loss == pytest.approx(full.test_loss, abs=1e-6)
     assert [h["val_loss"] for h in cut.history] == pytest.approx([h["val_loss"] for h in full.history], nan_ok=True)
+
+
+def test_later_self_train_runs_read_the_students_inputs_from_the_cache(data_and_pool, tmp_path, monkeypatch):
+    from transferlab.train import run as run_module
+    from transferlab.train import train_one
+
+    data, pool = data_and_pool
+    ds = load_dataset(data)
+    prep = prepare(attach_pool(ds, str(pool), str(data)), make_splits(ds), TINY)
+    first = train_one(prep, TINY, "self-train", 0, tmp_path / "first")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the inputs of the student's level were computed again")
+    monkeypatch.setattr(run_module, "encode", no_encoding)
+    other_seed = train_one(prep, TINY, "self-train", 1, tmp_path / "other")  # another seed: the same inputs
+    again = train_one(prep, TINY, "self-train", 0, tmp_path / "again")
+    assert other_seed.details.student_round is not None
+    assert again.test_acc == first.test_acc and again.test_loss == pytest.approx(first.test_loss, abs=1e-6)

@@ -4,8 +4,11 @@ of any layer group, and a scikit-learn compatible transformer.
 Frozen work is done once. The pooled features of the *pretrained* backbone are the same for every
 strategy that starts with a frozen backbone (features, probe, the warm-up of finetune, chain-thaw
 and gradual) and every seed, so they are stored on disk, keyed by backbone, weights,
-preprocessing, data fingerprint and augmentation view. Inputs of intermediate groups depend on
-weights that chain-thaw changes from step to step, so those are computed per phase, in memory.
+preprocessing, data fingerprint and augmentation view. So are the pristine body's inputs of an inner
+group whose rows are small (``MAX_STORED_ROW``: self-train's students start at lite0's second-to-last
+group, and encoding it for 3 views of some 2,700 images took about 2 minutes of every run). Once a
+group below has trained (chain-thaw changes them step by step), inner inputs are computed per phase,
+in memory.
 """
 
 from __future__ import annotations
@@ -115,40 +118,65 @@ def extraction_code() -> str:
     return digest.hexdigest()[:16]
 
 
-class FeatureStore:
-    """Pooled features of a pretrained backbone for every (image, view), computed on demand, kept on disk."""
+# The largest row an inner level's store keeps (floats per view of an image): lite0's inputs of its
+# last groups (9,408 to 15,680 floats, 37-61 KB) are stored; the early levels (up to 400,000) are not.
+MAX_STORED_ROW = 16_384
 
-    def __init__(self, backbone: Backbone, ds: ImageDataset, aug_seed: int = 0, bf16: bool = False):
+
+class FeatureStore:
+    """What the pretrained backbone gives for every (image, view), computed on demand, kept on disk:
+    its pooled features (``level`` None), or the input of group ``level`` (rows of ``row_shape``) that a
+    phase training only the groups above it starts from. One file per view, made on first use."""
+
+    def __init__(self, backbone: Backbone, ds: ImageDataset, aug_seed: int = 0, bf16: bool = False,
+                 level: int | None = None, row_shape: tuple[int, ...] | None = None):
         # bf16 features differ from fp32 ones in the third digit: they are kept apart.
         spec = {"backbone": backbone.name, "weights": backbone.meta.get("weights"),
                 "data_config": {k: str(v) for k, v in sorted(backbone.data_config.items())},
-                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "code": extraction_code()}
+                "fingerprint": ds.fingerprint, "aug_seed": aug_seed, "bf16": bf16, "code": extraction_code(),
+                "level": level}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
-        self.folder = cache_home() / "features" / key
-        self.aug_seed = aug_seed
-        shape = (len(ds), MAX_VIEWS, backbone.num_features)
-        feats = self.folder / "features.npy"
-        # Made once, whole, under the folder's lock: two processes never both create (truncate) it.
+        self.folder = cache_home() / ("features" if level is None else "inputs") / key
+        self.aug_seed, self.level = aug_seed, level
+        self.made_from = (backbone, ds, aug_seed, bf16)
+        self.row_shape = (backbone.num_features,) if level is None else tuple(row_shape)
+        self.rows = len(ds)
+        self.views: dict[int, np.ndarray] = {}
         with folder_lock(self.folder, wait=True):
             remove_stale_temporaries(self.folder)
-            if not feats.is_file():
-                ensure_free_space(self.folder, int(np.prod(shape)) * 4, "the feature cache",
-                                  "set TRANSFERLAB_HOME to a folder on a disk with room")
-                with atomic_path(feats) as tmp:
-                    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
-                    allocate(tmp)
-        self.features = np.lib.format.open_memmap(feats, mode="r+", dtype=np.float32, shape=shape)
         done = self.folder / "done.npy"
-        self.done = np.load(done) if done.is_file() else np.zeros(shape[:2], dtype=bool)
+        self.done = np.load(done) if done.is_file() else np.zeros((len(ds), MAX_VIEWS), dtype=bool)
+
+    def at_level(self, level: int, row_shape: tuple[int, ...]) -> FeatureStore:
+        """The store of the same backbone, data and views for the inputs of group ``level``."""
+        return FeatureStore(*self.made_from, level=level, row_shape=row_shape)
+
+    def _view(self, view: int) -> np.ndarray:
+        """View ``view``'s rows (memory-mapped), the file made whole under the folder's lock the first time:
+        two processes never both create (truncate) it. Not to be called with the lock held (it is not
+        reentrant)."""
+        if view not in self.views:
+            path, shape = self.folder / f"view{view}.npy", (self.rows, *self.row_shape)
+            with folder_lock(self.folder, wait=True):
+                if not path.is_file():
+                    ensure_free_space(self.folder, int(np.prod(shape)) * 4, "the feature cache",
+                                      "set TRANSFERLAB_HOME to a folder on a disk with room")
+                    with atomic_path(path) as tmp:
+                        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
+                        allocate(tmp)
+            self.views[view] = np.lib.format.open_memmap(path, mode="r+", dtype=np.float32, shape=shape)
+        return self.views[view]
 
     def _save_done(self) -> None:
         with atomic_path(self.folder / "done.npy") as tmp:
             np.save(tmp, self.done)
 
     def get(self, model: TransferModel, images: ImageSource, indices: np.ndarray, views: int) -> torch.Tensor:
-        """Features (views, len(indices), F); computes (with the pristine pretrained ``model``) what is missing.
-        With ``images.sharded`` every process of the job must call this together."""
+        """Rows (views, len(indices), *row_shape); computes (with the pristine pretrained ``model``) what is
+        missing. With ``images.sharded`` every process of the job must call this together."""
         views = min(views, MAX_VIEWS)
+        for v in range(views):  # opened (made) before the lock below is held: ``_view`` takes it to make one
+            self._view(v)
         if images.sharded:
             self._fill_together(model, images, indices, views)
         elif not self.done[indices, :views].all():
@@ -157,7 +185,7 @@ class FeatureStore:
                 todo = self._todo(indices, views, ~self.done[indices, :views])
                 for (v, idx), rows in zip(todo, self._extract(model, images, todo)):
                     self._write(v, idx, rows)
-        return torch.from_numpy(np.stack([self.features[indices, v] for v in range(views)]))
+        return torch.from_numpy(np.stack([self._view(v)[indices] for v in range(views)]))
 
     def _reload_done(self) -> None:
         done = self.folder / "done.npy"
@@ -174,14 +202,16 @@ class FeatureStore:
         if not todo:
             return []
         model.eval()
-        level, first = model.pooled_level, todo[0][1][:2]
-        with progress_bar("extracting features", sum(len(idx) for _, idx in todo), images.quiet) as bar, \
+        level, first = model.pooled_level if self.level is None else self.level, todo[0][1][:2]
+        what = "extracting features" if self.level is None else f"caching level {level}"
+        with progress_bar(what, sum(len(idx) for _, idx in todo), images.quiet) as bar, \
                 _folded(model, images.view(first, 0, self.aug_seed), 0, level, images.precision):
             return [_encode_view(model, images, idx, v, level, bar, self.aug_seed).cpu().numpy() for v, idx in todo]
 
     def _write(self, view: int, idx: np.ndarray, rows: np.ndarray) -> None:
-        self.features[idx, view] = rows
-        self.features.flush()
+        target = self._view(view)
+        target[idx] = rows
+        target.flush()
         self.done[idx, view] = True
         self._save_done()
 
@@ -209,6 +239,17 @@ def pretrained_features(images: ImageSource, dataset: ImageDataset, backbone: st
     images.precision.to_model(model)
     store = FeatureStore(bb, dataset, bf16=images.precision.bf16)
     return store.get(model, images, np.asarray(indices), views).numpy()
+
+
+@torch.no_grad()
+def input_shape(model: TransferModel, level: int, data_config: dict[str, Any], precision: Precision) -> tuple[int, ...]:
+    """The shape of one image's input of ``level`` (from a pass of one blank image)."""
+    was = model.training
+    model.eval()
+    try:
+        return tuple(_run(model, torch.zeros(1, *data_config["input_size"]), level, precision).shape[1:])
+    finally:
+        model.train(was)
 
 
 def encode(model: TransferModel, images: ImageSource, indices: np.ndarray, labels: np.ndarray, level: int,

@@ -40,7 +40,7 @@ from .batches import Batches, ImageBatches, TensorBatches
 from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import PhaseContext, predict_pooled
-from .features import FeatureStore, ImageSource, advance, encode
+from .features import MAX_STORED_ROW, FeatureStore, ImageSource, advance, encode, input_shape
 from .novelty import MAX_TRAIN_FEATURES, nearest_distance, unit_rows
 from .records import RunResult
 from .runners import PhaseRun, runner_for
@@ -109,6 +109,7 @@ class PhaseInputs:
         self.images = ImageSource(prep.images, prep.data_config, prep.precision,
                                   prep.precision.inference_batch(self.batch_size), quiet, sharded=data_parallel)
         self.prefix: tuple[Batches, Batches] | None = None  # cached (train, val) inputs of an inner level
+        self.inner: dict[int, FeatureStore | None] = {}  # the stores of inner levels (``store_of``)
 
     def level(self, phase: Phase) -> int:
         """The model level where the first trainable part of ``phase`` starts (0 = the image)."""
@@ -130,10 +131,21 @@ class PhaseInputs:
                 images, aspects = self.prep.whole_images(self.quiet)
             return ImageBatches(images, idx, labels, self.prep.data_config, size, augment,
                                 self.config.augment.augment_policy, aspects)
-        if level == self.model.pooled_level and pristine and self.store is not None:
-            feats = self.store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
+        store = self.store_of(level) if pristine else None
+        if store is not None:
+            feats = store.get(self.model, self.images, idx, views).to(self.prep.precision.device)
             return TensorBatches(feats, torch.as_tensor(labels[idx]), level, size)
         return encode(self.model, self.images, idx, labels, level, views, size)
+
+    def store_of(self, level: int) -> FeatureStore | None:
+        """The on-disk store of the pretrained body's output at ``level`` (the pooled features, or the
+        input of an inner group whose rows are small enough to keep), or None."""
+        if self.store is None or level == self.model.pooled_level:
+            return self.store
+        if level not in self.inner:
+            shape = input_shape(self.model, level, self.prep.data_config, self.prep.precision)
+            self.inner[level] = self.store.at_level(level, shape) if np.prod(shape) <= MAX_STORED_ROW else None
+        return self.inner[level]
 
     def views(self, augmented: bool) -> int:
         """Cached views per image for a runner that trains on augmented ones (``augmented``), or not."""
