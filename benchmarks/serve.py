@@ -54,7 +54,8 @@ def free_port() -> int:
 SERIAL = """
 import asyncio, sys, uvicorn
 from transferlab.inference.backends import load_backend
-from transferlab.inference.server import load_in_model_thread, make_app
+from transferlab.inference.batching import load_in_model_thread
+from transferlab.inference.server import make_app
 backend, executor = load_in_model_thread(lambda: load_backend(sys.argv[1], None, sys.argv[3] or None))
 app = make_app(backend, max_batch=1, window_ms=0, executor=executor)
 lock = asyncio.Lock()
@@ -142,11 +143,10 @@ def load(port: int, images: list[bytes], clients: int, total: int) -> dict:
     wall = time.perf_counter() - start
     after = health(port)
     lat = np.array(latencies) * 1000
-    batches = after["batches"] - before["batches"]
-    images_run = after["batches"] * (after["mean_batch"] or 0) - before["batches"] * (before["mean_batch"] or 0)
+    batches = after["batches"] - before["batches"]  # every request holds one image
     return {"requests": len(latencies), "errors": len(errors), "seconds": round(wall, 2),
             "model_share": round((after["model_seconds"] - before["model_seconds"]) / wall, 2),
-            "mean_batch": round(images_run / batches, 2) if batches else None,
+            "mean_batch": round(len(latencies) / batches, 2) if batches else None,
             "throughput_rps": round(len(latencies) / wall, 2), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
@@ -157,7 +157,7 @@ def model_cost(run_dir: str, onnx: str | None, sizes: tuple[int, ...] = (1, 2, 4
     image costs in a batch than alone."""
     from transferlab.data.imagecache import cache_side
     from transferlab.inference.backends import load_backend
-    from transferlab.inference.server import load_in_model_thread
+    from transferlab.inference.batching import load_in_model_thread
 
     backend, thread = load_in_model_thread(lambda: load_backend(run_dir, None, onnx))
     side = cache_side(backend.data_config)

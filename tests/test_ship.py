@@ -22,12 +22,12 @@ from transferlab.cli import main
 from transferlab.core.errors import DataError, TransferlabError
 from transferlab.inference import export
 from transferlab.inference.backends import OnnxBackend, TorchBackend
-from transferlab.inference.batching import MicroBatcher
+from transferlab.inference.batching import MicroBatcher, load_in_model_thread
 from transferlab.inference.classifier import TransferClassifier
 from transferlab.inference.classify import pixels
 from transferlab.inference.export import export_model
 from transferlab.inference.predict import predict
-from transferlab.inference.server import load_in_model_thread, make_app
+from transferlab.inference.server import make_app
 
 
 @pytest.fixture(scope="module")

@@ -57,11 +57,12 @@ def run_export(args: argparse.Namespace) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     """Serve a run's model (or its ONNX export) over HTTP, with the page at /."""
     try:
-        from ..inference.server import Limits, load_in_model_thread, serve
+        from ..inference.server import Limits, serve
     except ImportError:
         raise TransferlabError("serve needs starlette, uvicorn and python-multipart: "
                                "pip install 'transferlab[serve]'") from None
     from ..inference.backends import load_backend
+    from ..inference.batching import load_in_model_thread
 
     backend, executor = load_in_model_thread(lambda: load_backend(args.run_dir, args.strategy, args.onnx))
     out.print(f"serving {backend.kind} model of {backend.folder} ({len(backend.classes)} classes): "

@@ -27,6 +27,13 @@ def model_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="model")
 
 
+def load_in_model_thread(load: Callable[[], Any]) -> tuple[Any, ThreadPoolExecutor]:
+    """``load()`` (a backend) run in a new model thread, and that thread, for ``server.make_app``: every
+    model call then comes from the thread that built and warmed up the model."""
+    executor = model_thread()
+    return executor.submit(load).result(), executor
+
+
 class MicroBatcher:
     """Run ``fn(items) -> rows`` (one row per item) on batches gathered from concurrent ``submit`` calls,
     in ``executor``'s one thread (``model_thread()``: a new one when not given)."""

@@ -21,7 +21,6 @@ import binascii
 import io
 import json
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from starlette.routing import Route
 from ..data.imagecache import cache_side
 from ..data.images import to_rgb
 from .backends import model_card_of, square
-from .batching import MicroBatcher, model_thread
+from .batching import MicroBatcher
 from .page import PAGE
 
 UNKNOWN = "unknown"
@@ -209,7 +208,8 @@ async def _crashed(request: Request, exc: Exception) -> JSONResponse:
 def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits | None = None,
              executor: ThreadPoolExecutor | None = None) -> Starlette:
     """The ASGI app serving ``backend`` (``inference.backends``); ``max_batch=1`` serves one request at a time.
-    ``executor``: the model thread the backend was loaded in (``load_in_model_thread``)."""
+    ``executor``: the model thread the backend was loaded in (``load_in_model_thread``); without it the
+    model runs in a new thread, which is slower per lone image (``batching.model_thread``)."""
     limits = limits or Limits()
     cfg = backend.data_config
 
@@ -258,13 +258,6 @@ def make_app(backend, max_batch: int = 8, window_ms: float = 5.0, limits: Limits
                     exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed})
     app.state.batcher = batcher
     return app
-
-
-def load_in_model_thread(load: Callable[[], Any]) -> tuple[Any, ThreadPoolExecutor]:
-    """``load()`` (a backend) run in a new model thread, and that thread, for ``make_app``: every model
-    call then comes from the thread that built and warmed up the model (``batching.model_thread``)."""
-    executor = model_thread()
-    return executor.submit(load).result(), executor
 
 
 def serve(backend, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, window_ms: float = 5.0,
