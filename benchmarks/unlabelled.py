@@ -6,7 +6,8 @@ does; the references run in the same process on the same subsets.
     python benchmarks/unlabelled.py [--data ../shared/datasets/flower_photos]
         [--pool ../shared/datasets/flower_photos_unlabelled] [--per-class 5,20,60] [--subsets 3]
         [--strategies features,probe,self-train,finetune] [--references probe-cv,probe-unit-variance,finetune-1step]
-        [--suggest] [--record rows.jsonl] [--out runs/bench-unlabelled]
+        [--suggest] [--suggest-references unspread,margin,typicality,probcover]
+        [--record rows.jsonl] [--out runs/bench-unlabelled]
         [--surrogate-objective simclr|exemplar] [--surrogate-size PX] [--surrogate-minutes M]
         [--student-share S] [--student-rounds R]
 
@@ -23,7 +24,10 @@ References:
 - suggest (``--suggest``): a simulated labeller who knows train's labels. From 2 labelled images per
   class, 5 rounds of 10 more: chosen by ``train.acquisition.choose_to_label`` (the probe's calibrated
   probabilities, pretrained features) against chosen at random; the probe (C on validation) trained on
-  each after the last round. The pool is the rest of train.
+  each after the last round. The pool is the rest of train. ``--suggest-references`` adds other
+  pickers from the same start: choose_to_label without the labelled images' labels (its picks not
+  spread over the classes, as before), the smallest margin alone, TypiClust's typicality alone,
+  ProbCover (cosine radius 0.35).
 
 Printed: a row per run as it ends, then test accuracy per strategy and size, mean +- 95% CI (t) over
 the subsets, and what kind of CPU (native bf16 or not) it ran on.
@@ -49,7 +53,7 @@ from transferlab.experiments.results import mean_ci
 from transferlab.models import TransferModel, create_backbone
 from transferlab.runtime.device import bf16_native
 from transferlab.train import TrainConfig, engine, prepare, train_one
-from transferlab.train.acquisition import choose_to_label
+from transferlab.train.acquisition import choose_to_label, margins
 from transferlab.train.calibration import fit_temperature
 from transferlab.train.config import SemiConfig
 from transferlab.train.features import FeatureStore, ImageSource
@@ -85,13 +89,56 @@ def _probe_unit_variance(feats: torch.Tensor, labels: torch.Tensor, train: np.nd
     return _accuracy(fit, feats[0, splits["test"]], labels[splits["test"]])
 
 
-def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int) -> list[dict]:
-    """Active learning with a simulated labeller: suggested against random, the probe after each round."""
+def _least_margin(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int,
+                  seed: int, chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: the pool images with the smallest margin of the calibrated probabilities."""
+    return np.argsort(margins(probs), kind="stable")[:count]
+
+
+def _typicality_only(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int,
+                     seed: int, chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: choose_to_label with every image equally unsure (TypiClust's clusters and typicality alone)."""
+    flat = np.zeros_like(probs)
+    flat[:, 0] = 1.0
+    return choose_to_label(rest_feats, flat, chosen_feats, count, seed, chosen_labels)
+
+
+def _unspread(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int, seed: int,
+              chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: choose_to_label without the labelled images' labels (picks not spread over classes)."""
+    return choose_to_label(rest_feats, probs, chosen_feats, count, seed)
+
+
+def _probcover(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int, seed: int,
+               chosen_labels: np.ndarray, radius: float = 0.35) -> np.ndarray:
+    """Reference: ProbCover (Yehuda et al. 2022): greedily the pool image whose ball (cosine distance
+    below ``radius``) covers the most images no chosen image covers yet."""
+    x = np.concatenate([chosen_feats, rest_feats])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    near = (1.0 - x @ x.T) < radius
+    covered = near[:len(chosen_feats)].any(0)
+    picked: list[int] = []
+    for _ in range(min(count, len(rest_feats))):
+        gain = (near[len(chosen_feats):] & ~covered).sum(1).astype(float)
+        gain[picked] = -1
+        picked.append(int(np.argmax(gain)))
+        covered |= near[len(chosen_feats) + picked[-1]]
+    return np.array(picked, dtype=np.int64)
+
+
+SUGGEST_METHODS = {"suggest": choose_to_label, "unspread": _unspread, "margin": _least_margin,
+                   "typicality": _typicality_only, "probcover": _probcover}
+
+
+def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int,
+                   methods: list[str]) -> list[dict]:
+    """Active learning with a simulated labeller: each method (and random) from the same start, the
+    probe after each round."""
     splits = prep.splits
     val = (feats[0, splits["val"]], labels[splits["val"]])
     rows = []
     for seed in range(subsets):
-        for method in ("suggest", "random"):
+        for method in [*methods, "random"]:
             rng = np.random.default_rng(seed)
             chosen = list(per_class_subset(splits["train"], prep.dataset.labels, 2, seed=seed))
             accs = []
@@ -106,9 +153,12 @@ def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int
                     continue
                 t = fit_temperature((val[0] @ fit.weight.T + fit.bias).softmax(1).numpy(), val[1].numpy())
                 probs = ((feats[0, rest] @ fit.weight.T + fit.bias) / t).softmax(1).numpy()
-                picked = choose_to_label(feats[0, rest].numpy(), probs, feats[0, chosen].numpy(), 10, seed)
+                picked = SUGGEST_METHODS[method](feats[0, rest].numpy(), probs, feats[0, chosen].numpy(), 10, seed,
+                                                 prep.dataset.labels[chosen])
                 chosen += rest[picked].tolist()
-            rows.append({"study": "suggest", "method": method, "subset": seed, "test_acc": accs})
+            rows.append({"study": "suggest", "method": method, "subset": seed, "test_acc": accs,
+                         "val_acc": _accuracy(fit, *val),
+                         "classes_labelled": np.bincount(prep.dataset.labels[chosen]).tolist()})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -123,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--references", default="probe-cv",
                    help="probe-cv, probe-unit-variance, finetune-1step (comma-separated, or none)")
     p.add_argument("--suggest", action="store_true", help="also the active-learning study")
+    p.add_argument("--suggest-references", default="none",
+                   help="also these pickers in the study: unspread, margin, typicality, probcover "
+                        "(comma-separated, or none)")
     p.add_argument("--record", help="append every row to this JSONL file")
     p.add_argument("--out", default="runs/bench-unlabelled")
     p.add_argument("--surrogate-objective", default=SemiConfig().surrogate_objective)
@@ -183,11 +236,14 @@ def main(argv: list[str] | None = None) -> None:
                         f.write(json.dumps(rows[-1]) + "\n")
     _print_table(rows)
     if args.suggest:
-        study = _suggest_study(prep, feats, labels, args.subsets)
-        for method in ("suggest", "random"):
+        methods = ["suggest", *(m for m in args.suggest_references.split(",") if m and m != "none")]
+        study = _suggest_study(prep, feats, labels, args.subsets, methods)
+        for method in [*methods, "random"]:
             accs = np.array([r["test_acc"] for r in study if r["method"] == method]) * 100
             m, ci = mean_ci(list(accs[:, -1]))
-            print(f"{method}: per round {' '.join(f'{a:.1f}' for a in accs.mean(0))}; last {m:.1f} +- {ci:.1f}")
+            val = np.mean([r["val_acc"] for r in study if r["method"] == method]) * 100
+            print(f"{method}: per round {' '.join(f'{a:.1f}' for a in accs.mean(0))}; last {m:.1f} +- {ci:.1f} "
+                  f"(validation {val:.1f})")
         if args.record:
             with open(args.record, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in study)

@@ -182,6 +182,18 @@ def test_suggestions_come_from_regions_no_label_covers():
     assert blobs == {1, 2}, picked
 
 
+def test_suggestions_are_spread_over_the_classes_given_the_labels():
+    rng = np.random.default_rng(0)
+    # A wide region the model calls class 0 (several clusters) and a tight one it calls class 1.
+    pool = np.concatenate([rng.normal(0, 3, (60, 4)) + [20, 0, 0, 0], rng.normal(0, 0.3, (20, 4)) + [0, 20, 0, 0]])
+    probs = np.where(np.arange(80)[:, None] < 60, [0.9, 0.1], [0.1, 0.9])
+    labelled = np.array([[20.0, 0, 0, 0], [0, 20.0, 0, 0]])
+    unspread = choose_to_label(pool, probs, labelled, 2)
+    spread = choose_to_label(pool, probs, labelled, 2, labelled_labels=np.array([0, 1]))
+    assert (unspread < 60).all(), unspread  # the largest clusters first: both class 0
+    assert sorted(int(i >= 60) for i in spread) == [0, 1], spread
+
+
 def test_sweep_puts_the_rest_of_train_into_the_pool(data_and_pool, tmp_path):
     from transferlab.experiments.sweep import SweepConfig, sweep
     from transferlab.train.config import DataConfig

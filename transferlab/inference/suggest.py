@@ -72,7 +72,8 @@ def suggest(run_dir: str | Path, unlabelled: str | Path, count: int = 20, out: s
     pool = prep.splits["pool"]
     feats = _pool_features(prep, exp.train.model.backbone, exp.train.model.image_size, quiet)
     probs = predictor.probabilities([prep.cache[i] for i in pool])
-    picked = choose_to_label(feats[pool], probs, feats[prep.splits["train"]], count, seed)
+    train = prep.splits["train"]
+    picked = choose_to_label(feats[pool], probs, feats[train], count, seed, labelled_labels=prep.dataset.labels[train])
     m = margins(probs)
     chosen = [Suggestion(prep.dataset.paths[pool[i]], predictor.classes[int(probs[i].argmax())],
                          float(probs[i].max()), float(m[i])) for i in picked]
