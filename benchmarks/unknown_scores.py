@@ -85,6 +85,10 @@ def _probs(f, y, tr, rows):
     return lr.predict_proba(sc.transform(f["pool"][rows]))
 
 
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(p + 1e-12)).sum(1)
+
+
 def _knn(level: str, k: int = 1, standardise: bool = False) -> Signal:
     def signal(f, y, tr, rows):
         a, b = f[level][tr], f[level][rows]
@@ -106,7 +110,7 @@ def _residual(dims: int) -> Signal:
 
 SIGNALS: dict[str, Signal] = {
     "confidence": lambda f, y, tr, rows: 1.0 - _probs(f, y, tr, rows).max(1),
-    "entropy": lambda f, y, tr, rows: -(lambda p: (p * np.log(p + 1e-12)).sum(1))(_probs(f, y, tr, rows)),
+    "entropy": lambda f, y, tr, rows: _entropy(_probs(f, y, tr, rows)),
     "max logit": lambda f, y, tr, rows: -_logits(f, y, tr, rows).max(1),
     "energy": lambda f, y, tr, rows: -logsumexp(_logits(f, y, tr, rows), 1),
     "nearest": _knn("pool"),

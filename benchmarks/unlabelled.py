@@ -158,7 +158,8 @@ def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int
                 chosen += rest[picked].tolist()
             rows.append({"study": "suggest", "method": method, "subset": seed, "test_acc": accs,
                          "val_acc": _accuracy(fit, *val),
-                         "classes_labelled": np.bincount(prep.dataset.labels[chosen]).tolist()})
+                         "classes_labelled": np.bincount(prep.dataset.labels[chosen],
+                                                         minlength=len(prep.dataset.classes)).tolist()})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
