@@ -5,8 +5,9 @@ does; the references run in the same process on the same subsets.
 
     python benchmarks/unlabelled.py [--data ../shared/datasets/flower_photos]
         [--pool ../shared/datasets/flower_photos_unlabelled] [--per-class 5,20,60] [--subsets 3]
-        [--strategies features,probe,self-train,finetune] [--references probe-cv,probe-unit-variance,finetune-1step]
-        [--suggest] [--suggest-references unspread,margin,typicality,probcover]
+        [--strategies features,probe,self-train,finetune]
+        [--references probe-cv,probe-unit-variance,finetune-1step,self-train-finetune]
+        [--suggest] [--suggest-references unspread,margin,typicality,probcover,badge]
         [--record rows.jsonl] [--out runs/bench-unlabelled]
         [--surrogate-objective simclr|exemplar] [--surrogate-size PX] [--surrogate-minutes M]
         [--student-share S] [--student-rounds R]
@@ -21,13 +22,17 @@ References:
   equal compute.
 - finetune-1step: finetune with a head epoch of one pass whatever the training set's size (the
   engine's ``MIN_HEAD_STEPS`` set to 1), as before the minimum was added.
+- self-train-finetune: self-train's students with finetune as their teacher: finetune's phases, then
+  the student phase (the last two groups and the head, reset to the finetuned weights each round,
+  on the labelled images and the pool the model before labels).
 - suggest (``--suggest``): a simulated labeller who knows train's labels. From 2 labelled images per
   class, 5 rounds of 10 more: chosen by ``train.acquisition.choose_to_label`` (the probe's calibrated
   probabilities, pretrained features) against chosen at random; the probe (C on validation) trained on
   each after the last round. The pool is the rest of train. ``--suggest-references`` adds other
   pickers from the same start: choose_to_label without the labelled images' labels (its picks not
   spread over the classes, as before), the smallest margin alone, TypiClust's typicality alone,
-  ProbCover (cosine radius 0.35).
+  ProbCover (cosine radius 0.35), BADGE (Ash et al. 2020: k-means++ seeding on the gradient embeddings
+  of the last layer).
 
 Printed: a row per run as it ends, then test accuracy per strategy and size, mean +- 95% CI (t) over
 the subsets, and what kind of CPU (native bf16 or not) it ran on.
@@ -53,6 +58,7 @@ from transferlab.experiments.results import mean_ci
 from transferlab.models import TransferModel, create_backbone
 from transferlab.runtime.device import bf16_native
 from transferlab.train import TrainConfig, engine, prepare, train_one
+from transferlab.train import strategies as recipes
 from transferlab.train.acquisition import choose_to_label, margins
 from transferlab.train.calibration import fit_temperature
 from transferlab.train.config import SemiConfig
@@ -126,8 +132,29 @@ def _probcover(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarr
     return np.array(picked, dtype=np.int64)
 
 
+def _badge(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int, seed: int,
+           chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings of the last
+    layer, (p - onehot(predicted class)) times the unit feature, which are long where the model is unsure."""
+    x = rest_feats / np.linalg.norm(rest_feats, axis=1, keepdims=True)
+    g = ((probs - np.eye(probs.shape[1])[probs.argmax(1)])[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    rng = np.random.default_rng(seed)
+    picked = [int(np.argmax((g ** 2).sum(1)))]
+    nearest = ((g - g[picked[0]]) ** 2).sum(1)
+    while len(picked) < min(count, len(g)):
+        picked.append(int(rng.choice(len(g), p=nearest / nearest.sum())))
+        nearest = np.minimum(nearest, ((g - g[picked[-1]]) ** 2).sum(1))
+    return np.array(picked, dtype=np.int64)
+
+
 SUGGEST_METHODS = {"suggest": choose_to_label, "unspread": _unspread, "margin": _least_margin,
-                   "typicality": _typicality_only, "probcover": _probcover}
+                   "typicality": _typicality_only, "probcover": _probcover, "badge": _badge}
+
+
+def _self_train_finetune(groups: list[str], config: TrainConfig) -> recipes.Strategy:
+    """Reference: self-train's students with finetune as their teacher (finetune's phases, then the students)."""
+    phases = [*recipes.finetune(groups, config).phases, recipes.student_phase(groups, config)]
+    return recipes.Strategy("self-train-finetune", pretrained=True, phases=phases, needs_pool=True)
 
 
 def _suggest_study(prep, feats: torch.Tensor, labels: torch.Tensor, subsets: int,
@@ -172,10 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subsets", type=int, default=3)
     p.add_argument("--strategies", default="features,probe,self-train,finetune")
     p.add_argument("--references", default="probe-cv",
-                   help="probe-cv, probe-unit-variance, finetune-1step (comma-separated, or none)")
+                   help="probe-cv, probe-unit-variance, finetune-1step, self-train-finetune (comma-separated, "
+                        "or none)")
     p.add_argument("--suggest", action="store_true", help="also the active-learning study")
     p.add_argument("--suggest-references", default="none",
-                   help="also these pickers in the study: unspread, margin, typicality, probcover "
+                   help="also these pickers in the study: unspread, margin, typicality, probcover, badge "
                         "(comma-separated, or none)")
     p.add_argument("--record", help="append every row to this JSONL file")
     p.add_argument("--out", default="runs/bench-unlabelled")
@@ -199,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     strategies = [s for s in args.strategies.split(",") if s]
     references = [r for r in args.references.split(",") if r and r != "none"]
+    if "self-train-finetune" in references and "self-train-finetune" not in recipes.STRATEGIES:
+        recipes.STRATEGIES.register("self-train-finetune")(_self_train_finetune)
     for k in map(int, args.per_class.split(",")):
         for s in range(args.subsets):
             train = per_class_subset(base["train"], ds.labels, k, seed=s)

@@ -237,6 +237,16 @@ STUDENT_LR = 1e-4
 STUDENT_GROUPS = 2
 
 
+def student_phase(groups: list[str], config: TrainConfig) -> Phase:
+    """The students of self-train: the last groups and the head, on the labelled images and the pool
+    the model before them labels (``Student``)."""
+    s = config.semi
+    top = tuple(groups[-STUDENT_GROUPS:])
+    fit = Gradient(lr=STUDENT_LR * 10, group_lr={g: STUDENT_LR for g in top}, max_epochs=config.epochs(10),
+                   patience=config.patience(3), bn=BatchNormPolicy.FROZEN, label_smoothing=0.1, keep_start=False)
+    return Phase("student", (*top, HEAD), Student(fit, s.student_rounds, s.student_share, s.pseudo_precision))
+
+
 @STRATEGIES.register("self-train")
 def self_train(groups: list[str], config: TrainConfig) -> Strategy:
     """The probe, then rounds of pseudo-labels on the unlabelled images (--unlabelled) it is sure of,
@@ -244,12 +254,7 @@ def self_train(groups: list[str], config: TrainConfig) -> Strategy:
     s = config.semi
     phases = [Phase("self-train", (HEAD,), SelfTrain(rounds=s.self_train_rounds, precision=s.pseudo_precision))]
     if s.student_rounds:
-        top = tuple(groups[-STUDENT_GROUPS:])
-        fit = Gradient(lr=STUDENT_LR * 10, group_lr={g: STUDENT_LR for g in top}, max_epochs=config.epochs(10),
-                       patience=config.patience(3), bn=BatchNormPolicy.FROZEN, label_smoothing=0.1,
-                       keep_start=False)
-        phases.append(Phase("student", (*top, HEAD), Student(fit, s.student_rounds, s.student_share,
-                                                             s.pseudo_precision)))
+        phases.append(student_phase(groups, config))
     return Strategy("self-train", pretrained=True, phases=phases, linear_head=True, needs_pool=True)
 
 
