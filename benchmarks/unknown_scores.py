@@ -33,6 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from transferlab.core.arrays import unit_rows
 from transferlab.data import load_dataset, make_splits
 from transferlab.inference.classify import preprocess
 from transferlab.models.catalog import create_backbone
@@ -55,10 +56,6 @@ def extract(backbone: str, paths: list[str], batch: int = 32) -> dict[str, np.nd
         print(f"  features {min(s + batch, len(paths))}/{len(paths)}", end="\r", flush=True)
     print()
     return {"pool": torch.cat(pool).numpy(), "inner": torch.cat(inner).numpy()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 # A signal: (features, labels of the training rows, training rows, rows to score) -> score per row (higher:
@@ -95,15 +92,15 @@ def _knn(level: str, k: int = 1, standardise: bool = False) -> Signal:
         if standardise:
             sc = StandardScaler().fit(a)
             a, b = sc.transform(a), sc.transform(b)
-        return 1.0 - np.sort(_unit(b) @ _unit(a).T, 1)[:, -k]
+        return 1.0 - np.sort(unit_rows(b) @ unit_rows(a).T, 1)[:, -k]
     return signal
 
 
 def _residual(dims: int) -> Signal:
     """Distance from the training features' first ``dims`` principal directions (ViM's residual)."""
     def signal(f, y, tr, rows):
-        p = PCA(dims).fit(_unit(f["pool"][tr]))
-        x = _unit(f["pool"][rows])
+        p = PCA(dims).fit(unit_rows(f["pool"][tr]))
+        x = unit_rows(f["pool"][rows])
         return np.linalg.norm(x - p.inverse_transform(p.transform(x)), axis=1)
     return signal
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferlab.core.arrays import unit_rows
 from transferlab.data import load_dataset, make_splits
 from transferlab.data.pool import attach_pool
 from transferlab.data.splits import per_class_subset
@@ -119,8 +120,7 @@ def _probcover(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarr
                chosen_labels: np.ndarray, radius: float = 0.35) -> np.ndarray:
     """Reference: ProbCover (Yehuda et al. 2022): greedily the pool image whose ball (cosine distance
     below ``radius``) covers the most images no chosen image covers yet."""
-    x = np.concatenate([chosen_feats, rest_feats])
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    x = unit_rows(np.concatenate([chosen_feats, rest_feats]))
     near = (1.0 - x @ x.T) < radius
     covered = near[:len(chosen_feats)].any(0)
     picked: list[int] = []
@@ -136,7 +136,7 @@ def _badge(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, 
            chosen_labels: np.ndarray) -> np.ndarray:
     """Reference: BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings of the last
     layer, (p - onehot(predicted class)) times the unit feature, which are long where the model is unsure."""
-    x = rest_feats / np.linalg.norm(rest_feats, axis=1, keepdims=True)
+    x = unit_rows(rest_feats)
     g = ((probs - np.eye(probs.shape[1])[probs.argmax(1)])[:, :, None] * x[:, None, :]).reshape(len(x), -1)
     rng = np.random.default_rng(seed)
     picked = [int(np.argmax((g ** 2).sum(1)))]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.arrays import unit_rows
+
 HASH_SIDE = 32  # the grey thumbnail the DCT is taken of
 HASH_FREQS = 8  # the lowest HASH_FREQS x HASH_FREQS frequencies make the 64-bit hash
 NEAR_BITS = 10  # perceptual hashes this many bits (of 64) apart, or fewer, make a candidate pair
@@ -157,7 +159,7 @@ def find_duplicates(squares: np.ndarray, indices: np.ndarray, features: np.ndarr
         return []
     digests = pixel_digests(squares[i] for i in idx)
     hashes = perceptual_hashes(squares, idx)
-    unit = None if features is None else features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = None if features is None else unit_rows(features)
     rows, cols = [], []
     for s in range(0, len(idx), 2048):
         near = hash_distances(hashes[s:s + 2048], hashes) <= NEAR_BITS

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.arrays import unit_rows
+
 NEIGHBOURS = 20  # typicality: the mean distance to this many nearest neighbours in the cluster
 
 
@@ -31,10 +33,6 @@ def margins(probs: np.ndarray) -> np.ndarray:
     """The difference between the two largest probabilities of each row (small: unsure)."""
     top = np.sort(probs, axis=1)[:, ::-1]
     return top[:, 0] - (top[:, 1] if probs.shape[1] > 1 else 0.0)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def typicality(feats: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
@@ -58,7 +56,7 @@ def choose_to_label(pool_feats: np.ndarray, pool_probs: np.ndarray, labelled_fea
     count = min(count, len(pool_feats))
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
-    feats = _unit(np.concatenate([labelled_feats, pool_feats]).astype(np.float32))
+    feats = unit_rows(np.concatenate([labelled_feats, pool_feats]).astype(np.float32))
     clusters = min(len(labelled_feats) + count, len(feats))
     assigned = KMeans(clusters, n_init=3, random_state=seed).fit(feats).labels_
     covered = set(assigned[:len(labelled_feats)].tolist())

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.arrays import unit_rows
+
 OUTLIER_MADS = 4.0
 PRUNING_ROUNDS = 3
 
@@ -88,9 +90,8 @@ def pruned_label_issues(out_of_fold: Callable[[np.ndarray], np.ndarray], labels:
 def outlier_scores(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """How far each row of ``features`` (N, D) is from every class: one minus its largest cosine
     similarity to a class's mean direction (the mean of the class's unit feature vectors)."""
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    means = np.stack([unit[labels == c].mean(0) for c in np.unique(labels)])
-    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(features)
+    means = unit_rows(np.stack([unit[labels == c].mean(0) for c in np.unique(labels)]))
     return 1.0 - (unit @ means.T).max(1)
 
 
