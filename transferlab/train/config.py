@@ -120,8 +120,8 @@ class ScratchConfig(Settings):
 
     scratch_lr: float = option(1e-3, "learning rate of scratch (Adam)", minimum=1e-8, maximum=10)
     scratch_epochs: int = option(60, "epochs of scratch", minimum=1)
-    # As many as its epochs: at a few images per class a random body's validation loss swings by half
-    # a nat from one epoch to the next for dozens of epochs while its accuracy climbs, and patience 8
+    # As many as its default epochs: at a few images per class a random body's validation loss swings
+    # by up to a nat from one epoch to the next for dozens of epochs while its accuracy climbs, and patience 8
     # stopped 2 of 3 flower_photos subsets at 20 per class on their first epoch's weights (chance).
     scratch_patience: int = option(60, "early-stopping patience of scratch", minimum=1)
 
