@@ -84,8 +84,7 @@ def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torc
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logits = torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2))  # (F, N, K)
-        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (F, N)
+        ce = F.cross_entropy(_class_logits(z, w), target, reduction="none")  # (F, N)
         if sample_weight is not None:
             ce = ce * sample_weight
         loss = ((ce * mask).sum() + (w[..., :-1] ** 2).sum() / (2 * C)) / n
@@ -96,8 +95,18 @@ def _fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float, w: torc
     return w.detach()
 
 
+def _class_logits(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Logits (F, K, N) of the features z (F, N, D) under the folds' weights w (F, K, D + 1).
+
+    Class-major on purpose: autograd's gradient for w is then (F, K, N) @ z with z as it is stored.
+    The row-major form (F, N, K) = z @ W^T has it multiply z transposed, which made the backward pass
+    about 6x slower on a 2-core CPU (0.27 s against 0.046 s for 5 folds of 7,600 rows by 1,280).
+    """
+    return torch.bmm(w[..., :-1], z.transpose(1, 2)) + w[..., -1:]
+
+
 def _predict(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2)).argmax(-1)
+    return _class_logits(z, w).argmax(1)
 
 
 def balanced_weights(y: torch.Tensor, classes: int | None = None) -> torch.Tensor:
@@ -237,8 +246,8 @@ def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, seed: int = 0,
     best: tuple[float, np.ndarray, float] | None = None
     for C in grid:  # small to large C: each fit starts from the last one's optimum
         w = _fit(z, y.repeat(views), train, float(C), w)
-        logits = torch.baddbmm(w[:, None, :, -1], z, w[..., :-1].transpose(1, 2))  # (F, views * N, K)
-        probs = logits.softmax(-1).reshape(len(folds), views, n, k).mean(1)  # (F, N, K)
+        probs = _class_logits(z, w).softmax(1).transpose(1, 2)  # (F, views * N, K)
+        probs = probs.reshape(len(folds), views, n, k).mean(1)  # (F, N, K)
         probs = (probs * held[..., None]).sum(0)  # each image from the one fold that held it out
         loss = float(-probs[torch.arange(n), y].clamp_min(1e-12).log().mean())
         if best is None or loss < best[0]:
