@@ -86,9 +86,11 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p + 1e-12)).sum(1)
 
 
-def _knn(level: str, k: int = 1, standardise: bool = False) -> Signal:
+def _knn(level: str, k: int = 1, standardise: bool = False, power: float = 1.0) -> Signal:
     def signal(f, y, tr, rows):
         a, b = f[level][tr], f[level][rows]
+        if power != 1.0:  # signed power normalisation, as train.novelty.distance_rows
+            a, b = np.sign(a) * np.abs(a) ** power, np.sign(b) * np.abs(b) ** power
         if standardise:
             sc = StandardScaler().fit(a)
             a, b = sc.transform(a), sc.transform(b)
@@ -111,12 +113,17 @@ SIGNALS: dict[str, Signal] = {
     "max logit": lambda f, y, tr, rows: -_logits(f, y, tr, rows).max(1),
     "energy": lambda f, y, tr, rows: -logsumexp(_logits(f, y, tr, rows), 1),
     "nearest": _knn("pool"),
+    "nearest, features to the power 0.2": _knn("pool", power=0.2),
+    "nearest, features to the power 0.3": _knn("pool", power=0.3),
+    "nearest, features to the power 0.5": _knn("pool", power=0.5),
     "5th nearest": _knn("pool", 5),
     "nearest, standardised": _knn("pool", standardise=True),
     "nearest, inner stage": _knn("inner"),
     "PCA residual (64)": _residual(64),
 }
-VARIANTS = [("confidence", "nearest"), ("confidence",), ("nearest",), ("entropy", "nearest"),
+VARIANTS = [("confidence", "nearest"), ("confidence",), ("nearest",), ("nearest, features to the power 0.3",),
+            ("confidence", "nearest, features to the power 0.2"), ("confidence", "nearest, features to the power 0.3"),
+            ("confidence", "nearest, features to the power 0.5"), ("entropy", "nearest"),
             ("max logit", "nearest"), ("energy", "nearest"), ("confidence", "5th nearest"),
             ("confidence", "nearest, standardised"), ("confidence", "nearest, inner stage"),
             ("confidence", "nearest", "nearest, inner stage"), ("confidence", "PCA residual (64)"),

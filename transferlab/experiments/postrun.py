@@ -73,12 +73,14 @@ def _unknown_rule(folder: RunFolder, val: np.ndarray, y_val: np.ndarray, test: n
                   y_test: np.ndarray) -> dict[str, float]:
     """unknown.json: the unknown-input rule fitted on validation (calibrated probabilities, and the
     distances to the training features when the run saved them); returns what it does on test."""
-    distances = None
+    distances, power = None, 1.0
     if folder.distances.is_file():
         with np.load(folder.distances) as saved:
             if saved["val"].shape == y_val.shape and saved["test"].shape == y_test.shape:
                 distances = (saved["val"], saved["test"])
-    rule = fit_rule(val, y_val, None if distances is None else distances[0])
+            # Runs saved before the distance's power normalisation have no power: their features are raw.
+            power = float(saved["power"]) if "power" in saved.files else 1.0
+    rule = fit_rule(val, y_val, None if distances is None else distances[0], feature_power=power)
     write_json(folder.unknown, rule.to_dict())
     accepted = rule.score(test, None if distances is None else distances[1]) <= rule.threshold
     right = test.argmax(1) == y_test

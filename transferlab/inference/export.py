@@ -35,7 +35,7 @@ from ..data.builtin import load_dataset
 from ..data.imagecache import build_image_cache, cache_side
 from ..experiments.experiment import load_experiment
 from ..models.heads import TransferModel
-from ..train.novelty import UnknownRule, unit_rows
+from ..train.novelty import UnknownRule, distance_rows
 from .classify import pixels
 from .predict import Predictor
 
@@ -71,7 +71,7 @@ class PixelClassifier(nn.Module):
         r = self.rule
         score = ((1.0 - probs.max(1).values) - r.confidence_mean) / r.confidence_std
         if self.train_rows is not None:
-            distance = 1.0 - (unit_rows(feats) @ self.train_rows.T).max(1).values
+            distance = 1.0 - (distance_rows(feats, r.feature_power) @ self.train_rows.T).max(1).values
             score = score + (distance - r.distance_mean) / r.distance_std
         return probs, logits, score
 

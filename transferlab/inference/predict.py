@@ -77,7 +77,7 @@ class Predictor:
                 feats = model.features(x)
                 probs = probs + w * model.head(feats).softmax(-1).double()
                 if self.train_features is not None:
-                    dist_out.append(nearest_distance(self.train_features, feats))
+                    dist_out.append(nearest_distance(self.train_features, feats, self.rule.feature_power))
             probs_out.append(scale(probs.numpy(), self.temperature))
         if not probs_out:
             return np.zeros((0, len(self.classes))), None

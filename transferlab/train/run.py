@@ -41,7 +41,7 @@ from .checkpoints import PhaseState, RunState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import PhaseContext, predict_pooled
 from .features import MAX_STORED_ROW, FeatureStore, ImageSource, advance, encode, input_shape
-from .novelty import MAX_TRAIN_FEATURES, nearest_distance, unit_rows
+from .novelty import FEATURE_POWER, MAX_TRAIN_FEATURES, distance_rows, nearest_distance
 from .records import RunResult
 from .runners import PhaseRun, runner_for
 from .scores import classification_scores
@@ -210,21 +210,25 @@ def save_predictions(run_dir: Path, test_probs: np.ndarray, val_probs: np.ndarra
 
 def _train_features(model: TransferModel, inputs: PhaseInputs, prep: Prepared, level: int, pristine: bool,
                     seed: int) -> torch.Tensor:
-    """The model's pooled features of the training images (the unknown-input distance is to them), unit
-    rows in float16; a random ``MAX_TRAIN_FEATURES`` of them when there are more."""
+    """The model's pooled features of the training images (the unknown-input distance is to them), as
+    ``novelty.distance_rows`` makes them, in float16; a random ``MAX_TRAIN_FEATURES`` of them when there
+    are more."""
     idx = prep.splits["train"]
     if len(idx) > MAX_TRAIN_FEATURES:
         idx = np.sort(np.random.default_rng(seed).choice(idx, MAX_TRAIN_FEATURES, replace=False))
-    return unit_rows(predict_pooled(model, inputs.batches(idx, level, 1, pristine), prep.precision)[1]).half()
+    feats = predict_pooled(model, inputs.batches(idx, level, 1, pristine), prep.precision)[1]
+    return distance_rows(feats, FEATURE_POWER).half()
 
 
 def save_distances(folder: RunFolder, train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> None:
     """The training features predict measures new images against, and the validation and test images'
-    distances to them (the unknown-input threshold is chosen on validation, the report shows test)."""
+    distances to them (the unknown-input threshold is chosen on validation, the report shows test), with
+    the power ``train`` was made with (the rule fitted on these distances records it for predict)."""
     with atomic_path(folder.train_features) as tmp:
-        save_file({"features": train.contiguous()}, str(tmp))
+        save_file({"features": train.contiguous()}, str(tmp), metadata={"feature_power": str(FEATURE_POWER)})
     with atomic_path(folder.distances) as tmp:
-        np.savez(tmp, val=nearest_distance(train, val), test=nearest_distance(train, test))
+        np.savez(tmp, val=nearest_distance(train, val, FEATURE_POWER),
+                 test=nearest_distance(train, test, FEATURE_POWER), power=np.float64(FEATURE_POWER))
 
 
 def load_probabilities(path: Path, rows: int, classes: int | None, fix: str = "") -> np.ndarray:
