@@ -8,7 +8,8 @@ to the nearest training image, the k-nearest-neighbour score of Sun et al. 2022 
 on flower_photos with the probe (benchmarks/unknown.py, README): for a held-out flower class the
 confidence alone averaged AUROC 0.72 over the five choices, the distance alone 0.76, the sum 0.79
 (the best single signal changes from class to class); against photos of ants and bees 0.85, 0.90
-and 0.91.
+and 0.91. Those figures are the plain cosine; with the power below, the sum averaged 0.821 against
+0.799 on the same CPU, ants and bees 0.913 against 0.914.
 
 Before the cosine, each feature is raised to ``FEATURE_POWER`` keeping its sign (power
 normalisation, Perronnin et al. 2010). Pooled features of a ReLU network are sparse and heavy-tailed
