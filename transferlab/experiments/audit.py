@@ -37,8 +37,15 @@ from ..data.splits import make_splits
 from ..reporting.render import CSS, thumbnail
 from ..train.config import DataConfig, TrainConfig
 from ..train.features import ImageSource, pretrained_features
-from ..train.label_issues import LabelIssues, outlier_cut, outlier_scores, pruned_label_issues
-from ..train.probe import out_of_fold_probabilities
+from ..train.label_issues import (
+    NEIGHBOUR_SHARE,
+    LabelIssues,
+    neighbour_probabilities,
+    outlier_cut,
+    outlier_scores,
+    pruned_label_issues,
+)
+from ..train.probe import out_of_fold_probabilities, stratified_folds
 from ..train.run import Prepared, prepare
 
 # The order findings are listed in: what invalidates a score first.
@@ -159,8 +166,11 @@ def _model_findings(prep: Prepared, labelled: np.ndarray, feats: np.ndarray) -> 
     views = torch.from_numpy(feats).to(prep.precision.device)
 
     def out_of_fold(rows: np.ndarray) -> np.ndarray:
-        return out_of_fold_probabilities(views[:, torch.from_numpy(rows).to(views.device)],
-                                         torch.as_tensor(y[rows]))[0]
+        probe = out_of_fold_probabilities(views[:, torch.from_numpy(rows).to(views.device)],
+                                          torch.as_tensor(y[rows]))[0]
+        # The same folds as the probe's, on the centre view.
+        votes = neighbour_probabilities(feats[0, rows], y[rows], stratified_folds(y[rows], 0))
+        return (1 - NEIGHBOUR_SHARE) * probe + NEIGHBOUR_SHARE * votes
 
     issues, probs = pruned_label_issues(out_of_fold, y)
     found = [Finding(int(labelled[r]), "label error", float(issues.margin[r]), ds.classes[issues.suggested[r]], -1,

@@ -6,7 +6,8 @@ over the images labelled j; an image whose probability reaches the threshold of 
 most probable such class, is counted in the confident joint off its diagonal: a likely label
 error, suggested that class. Images are ranked by the normalised margin (the best other class's
 probability minus the given label's), one of the paper's ranking scores. ``pruned_label_issues``
-repeats it on the images left after each round.
+repeats it on the images left after each round. The audit feeds it the mean of a probe's out-of-fold
+probabilities and ``neighbour_probabilities``.
 
 An outlier is an image far from every class in feature space: its score is one minus its largest
 cosine similarity to a class's mean direction. On flower_photos this ranks first a cathedral
@@ -27,6 +28,8 @@ from ..core.arrays import unit_rows
 
 OUTLIER_MADS = 4.0
 PRUNING_ROUNDS = 3
+NEIGHBOURS = 10  # out-of-fold neighbour votes: this many nearest training-fold images
+NEIGHBOUR_SHARE = 0.5  # their weight in the probabilities confident learning reads (the rest: the probe's)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,30 @@ def pruned_label_issues(out_of_fold: Callable[[np.ndarray], np.ndarray], labels:
             break
         keep = left
     return LabelIssues(margin, suggested, flagged), probs
+
+
+def neighbour_probabilities(features: np.ndarray, labels: np.ndarray,
+                            folds: list[tuple[np.ndarray, np.ndarray]], neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """Out-of-fold class probabilities (N, K) by vote: for each image of a fold's held-out part, the
+    share of each class among its ``neighbours`` nearest images (cosine of ``features`` (N, F)) of that
+    fold's training part.
+
+    Mixed half and half with the probe's out-of-fold probabilities, this sharpened the ranking of
+    confident learning on flower_photos with 10% of the training labels flipped (benchmarks/audit.py,
+    three draws): flipped images among the top N rose from 72.2% to 87.8% (83.3 / 86.7 / 93.3% against
+    73.3 / 73.3 / 70.0%), with 5 or 20 neighbours and a share of 0.3 or 0.7 all between 84% and 88%;
+    the flagged set kept 69 of the 90 flips against 72, and 7 clean images against 27. A wrong
+    label's image sits among images of its true class, which the vote reads directly, while the
+    probe, fitted on the noisy labels of its fold, bends towards them.
+    """
+    unit = unit_rows(features.astype(np.float32))
+    k = int(labels.max()) + 1
+    probs = np.zeros((len(labels), k))
+    for train, held in folds:
+        near = np.argsort(-(unit[held] @ unit[train].T), axis=1)[:, :min(neighbours, len(train))]
+        votes = labels[train][near]
+        probs[held] = np.stack([(votes == c).mean(1) for c in range(k)], 1)
+    return probs
 
 
 def outlier_scores(features: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ class LinearFit:
         return x @ self.weight.T + self.bias
 
 
-def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's stratified k-fold (k = min(5, smallest class)), the same folds as GridSearchCV's."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -164,7 +164,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, seed: int = 0, grid: np.ndarray
         return _fit_on_validation(x, y, val, k, grid, sw, scale_prior)
     chosen = 1.0  # one example per class: nothing to cross-validate on, keep scikit-learn's default C
     if np.bincount(y_np).min() >= 2:
-        folds = _folds(y_np, seed)
+        folds = stratified_folds(y_np, seed)
         train = torch.zeros(len(folds), len(y), device=x.device)
         for f, (tr, _) in enumerate(folds):
             train[f, torch.as_tensor(tr, device=x.device)] = 1
@@ -234,7 +234,7 @@ def out_of_fold_probabilities(x: torch.Tensor, y: torch.Tensor, seed: int = 0,
     views, n, d = x.shape
     y = y.to(x.device).long()
     k = int(y.max()) + 1
-    folds = _folds(y.cpu().numpy(), seed)
+    folds = stratified_folds(y.cpu().numpy(), seed)
     held = torch.zeros(len(folds), n, device=x.device)
     for f, (_, te) in enumerate(folds):
         held[f, torch.as_tensor(te, device=x.device)] = 1
