@@ -260,3 +260,29 @@ def test_pruning_rounds_find_flipped_labels_one_round_missed_and_stay_precise():
     tiny = np.array([0, 0, 1, 1, 1, 1])
     issues, _ = pruned_label_issues(lambda rows: np.tile([[0.1, 0.9]], (len(rows), 1)), tiny)
     assert issues.flagged[:2].all() and not issues.flagged[2:].any()
+
+
+def test_the_neighbour_vote_sharpens_the_ranking_of_flipped_labels():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from transferlab.train.label_issues import label_issues, neighbour_probabilities
+    from transferlab.train.probe import stratified_folds
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flips = rng.choice(len(y), len(y) // 10, replace=False)
+    noisy = y.copy()
+    noisy[flips] = (y[flips] + rng.integers(1, 10, len(flips))) % 10
+    folds = stratified_folds(noisy, 0)
+    probe = cross_val_predict(LogisticRegression(C=0.1, max_iter=300), x / 16, noisy, cv=folds, method="predict_proba")
+    votes = neighbour_probabilities(x, noisy, folds)
+    # Out of fold: a flipped image's own label never votes, so its true class gets the votes.
+    assert (votes[flips].argmax(1) == y[flips]).mean() > 0.9
+    assert np.allclose(votes.sum(1), 1)
+
+    def precision_at_n(probs):
+        return len(set(np.argsort(-label_issues(probs, noisy).margin)[:len(flips)]) & set(flips.tolist())) / len(flips)
+
+    assert precision_at_n((probe + votes) / 2) > precision_at_n(probe)
