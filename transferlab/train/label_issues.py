@@ -108,9 +108,12 @@ def neighbour_probabilities(features: np.ndarray, labels: np.ndarray,
     k = int(labels.max()) + 1
     probs = np.zeros((len(labels), k))
     for train, held in folds:
-        near = np.argsort(-(unit[held] @ unit[train].T), axis=1)[:, :min(neighbours, len(train))]
-        votes = labels[train][near]
-        probs[held] = np.stack([(votes == c).mean(1) for c in range(k)], 1)
+        m = min(neighbours, len(train))
+        for s in range(0, len(held), 1024):  # a block of similarities at a time: memory stays bounded
+            rows = held[s:s + 1024]
+            near = np.argpartition(-(unit[rows] @ unit[train].T), m - 1, axis=1)[:, :m]
+            votes = labels[train][near]
+            probs[rows] = np.stack([(votes == c).mean(1) for c in range(k)], 1)
     return probs
 
 
