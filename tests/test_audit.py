@@ -234,18 +234,26 @@ def test_a_csv_listing_a_file_twice_or_under_two_labels_is_caught(tmp_path):
     assert len(twice) == 1 and ds.paths[twice[0].other] == files[0] and twice[0].score == 1.0
 
 
-def test_pruning_rounds_find_flipped_labels_one_round_missed_and_stay_precise():
+def _flipped_digits(one_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits (pixels, true labels) with one label in ``one_in`` changed to another class at
+    random: (x, y, the noisy labels, the flipped rows)."""
     from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flips = rng.choice(len(y), len(y) // one_in, replace=False)
+    noisy = y.copy()
+    noisy[flips] = (y[flips] + rng.integers(1, 10, len(flips))) % 10
+    return x, y, noisy, flips
+
+
+def test_pruning_rounds_find_flipped_labels_one_round_missed_and_stay_precise():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
     from transferlab.train.label_issues import label_issues, pruned_label_issues
 
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    flips = rng.choice(len(y), len(y) // 5, replace=False)
-    noisy = y.copy()
-    noisy[flips] = (y[flips] + rng.integers(1, 10, len(flips))) % 10
+    x, y, noisy, flips = _flipped_digits(5)
 
     def out_of_fold(rows):
         return cross_val_predict(LogisticRegression(C=0.1, max_iter=300), x[rows] / 16, noisy[rows], cv=5,
@@ -263,18 +271,13 @@ def test_pruning_rounds_find_flipped_labels_one_round_missed_and_stay_precise():
 
 
 def test_the_neighbour_vote_sharpens_the_ranking_of_flipped_labels():
-    from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
     from transferlab.train.label_issues import label_issues, neighbour_probabilities
     from transferlab.train.probe import stratified_folds
 
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    flips = rng.choice(len(y), len(y) // 10, replace=False)
-    noisy = y.copy()
-    noisy[flips] = (y[flips] + rng.integers(1, 10, len(flips))) % 10
+    x, y, noisy, flips = _flipped_digits(10)
     folds = stratified_folds(noisy, 0)
     probe = cross_val_predict(LogisticRegression(C=0.1, max_iter=300), x / 16, noisy, cv=folds, method="predict_proba")
     votes = neighbour_probabilities(x, noisy, folds)
