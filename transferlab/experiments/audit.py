@@ -48,6 +48,8 @@ from ..train.label_issues import (
 from ..train.probe import out_of_fold_probabilities, stratified_folds
 from ..train.run import Prepared, prepare
 
+FOLD_SEED = 0  # the label-error folds: the probe and the neighbour vote must hold out the same images
+
 # The order findings are listed in: what invalidates a score first.
 KINDS = ("label conflict", "leak", "duplicate", "label error", "outlier", "low quality")
 SHEET_LIMIT = 60  # findings shown on the contact sheet (all are in audit.csv)
@@ -167,9 +169,9 @@ def _model_findings(prep: Prepared, labelled: np.ndarray, feats: np.ndarray) -> 
 
     def out_of_fold(rows: np.ndarray) -> np.ndarray:
         probe = out_of_fold_probabilities(views[:, torch.from_numpy(rows).to(views.device)],
-                                          torch.as_tensor(y[rows]))[0]
+                                          torch.as_tensor(y[rows]), seed=FOLD_SEED)[0]
         # The same folds as the probe's, on the centre view.
-        votes = neighbour_probabilities(feats[0, rows], y[rows], stratified_folds(y[rows], 0))
+        votes = neighbour_probabilities(feats[0, rows], y[rows], stratified_folds(y[rows], FOLD_SEED))
         return (1 - NEIGHBOUR_SHARE) * probe + NEIGHBOUR_SHARE * votes
 
     issues, probs = pruned_label_issues(out_of_fold, y)
