@@ -1,7 +1,7 @@
 """Unknown inputs: which score separates unseen classes best, on a backbone's pretrained features.
 
     python benchmarks/unknown_scores.py [--backbone efficientnet_lite0] [--data ../shared/datasets/flower_photos]
-        [--others ../shared/datasets/hymenoptera]
+        [--others ../shared/datasets/hymenoptera] [--match TEXT]
 
 benchmarks/unknown.py measures the score transferlab ships (train.novelty: calibrated confidence plus
 the cosine distance to the nearest training image, each standardised on validation). This one asks
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -82,6 +83,33 @@ def _probs(f, y, tr, rows):
     return lr.predict_proba(sc.transform(f["pool"][rows]))
 
 
+def _clipped_energy(percentile: float) -> Signal:
+    """The energy of the same classifier's logits after every feature of the scored rows is capped at
+    the ``percentile`` of the training rows' features (ReAct, Sun et al. 2021): the classifier is not
+    refitted, only its inputs clipped."""
+    def signal(f, y, tr, rows):
+        sc, lr = _classifier(f, y, tr)
+        cap = np.percentile(f["pool"][tr], percentile)
+        return -logsumexp(lr.decision_function(sc.transform(np.minimum(f["pool"][rows], cap))), 1)
+    return signal
+
+
+def _powered(x: np.ndarray, power: float) -> np.ndarray:
+    return x if power == 1.0 else np.sign(x) * np.abs(x) ** power
+
+
+def _mahalanobis(power: float = 1.0) -> Signal:
+    """The squared Mahalanobis distance to the nearest class mean, one shared Ledoit-Wolf covariance of
+    the unit rows of the (powered) features (Lee et al. 2018)."""
+    def signal(f, y, tr, rows):
+        a, b = unit_rows(_powered(f["pool"][tr], power)), unit_rows(_powered(f["pool"][rows], power))
+        classes = np.unique(y[tr])
+        means = np.stack([a[y[tr] == c].mean(0) for c in classes])
+        prec = LedoitWolf().fit(a - means[np.searchsorted(classes, y[tr])]).precision_
+        return np.stack([np.einsum("ij,jk,ik->i", b - m, prec, b - m) for m in means], 1).min(1)
+    return signal
+
+
 def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p + 1e-12)).sum(1)
 
@@ -89,8 +117,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 def _knn(level: str, k: int = 1, standardise: bool = False, power: float = 1.0) -> Signal:
     def signal(f, y, tr, rows):
         a, b = f[level][tr], f[level][rows]
-        if power != 1.0:  # signed power normalisation, as train.novelty.distance_rows
-            a, b = np.sign(a) * np.abs(a) ** power, np.sign(b) * np.abs(b) ** power
+        a, b = _powered(a, power), _powered(b, power)  # signed power normalisation, as train.novelty
         if standardise:
             sc = StandardScaler().fit(a)
             a, b = sc.transform(a), sc.transform(b)
@@ -120,14 +147,24 @@ SIGNALS: dict[str, Signal] = {
     "nearest, standardised": _knn("pool", standardise=True),
     "nearest, inner stage": _knn("inner"),
     "PCA residual (64)": _residual(64),
+    "energy with features clipped at their 80th percentile (ReAct)": _clipped_energy(80),
+    "energy with features clipped at their 90th percentile (ReAct)": _clipped_energy(90),
+    "Mahalanobis, features to the power 0.3": _mahalanobis(0.3),
 }
+SHIPPED = ("confidence", "nearest, features to the power 0.3")
 VARIANTS = [("confidence", "nearest"), ("confidence",), ("nearest",), ("nearest, features to the power 0.3",),
             ("confidence", "nearest, features to the power 0.2"), ("confidence", "nearest, features to the power 0.3"),
             ("confidence", "nearest, features to the power 0.5"), ("entropy", "nearest"),
             ("max logit", "nearest"), ("energy", "nearest"), ("confidence", "5th nearest"),
             ("confidence", "nearest, standardised"), ("confidence", "nearest, inner stage"),
             ("confidence", "nearest", "nearest, inner stage"), ("confidence", "PCA residual (64)"),
-            ("confidence", "nearest", "PCA residual (64)")]
+            ("confidence", "nearest", "PCA residual (64)"),
+            ("energy", "nearest, features to the power 0.3"),
+            ("energy with features clipped at their 80th percentile (ReAct)", "nearest, features to the power 0.3"),
+            ("energy with features clipped at their 90th percentile (ReAct)", "nearest, features to the power 0.3"),
+            ("Mahalanobis, features to the power 0.3",),
+            ("confidence", "Mahalanobis, features to the power 0.3"),
+            ("confidence", "nearest, features to the power 0.3", "Mahalanobis, features to the power 0.3")]
 
 
 def auroc(f: dict, y: np.ndarray, tr: np.ndarray, val: np.ndarray, known: np.ndarray, strangers: np.ndarray,
@@ -145,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--data", default=str(SHARED / "flower_photos"))
     p.add_argument("--others", default=str(SHARED / "hymenoptera"))
+    p.add_argument("--match", default="", help="only the variants whose name contains one of these "
+                   "comma-separated texts, and the shipped one (confidence + nearest, features to the power 0.3)")
     args = p.parse_args(argv)
+    variants = [v for v in VARIANTS if v == SHIPPED or any(m in " + ".join(v) for m in args.match.split(","))]
     print(f"CPU native bf16: {bf16_native(torch.device('cpu'))} (features in fp32); backbone {args.backbone}")
     ds = load_dataset(args.data)
     sp = make_splits(ds)
@@ -158,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{part}: AUROC, known {part} images against the held-out class's {part} images "
               f"(hymenoptera: its test photos against the five-class model's test images)\n")
         print(f"| score | {head} | mean | hymenoptera |\n|{'---|' * (len(ds.classes) + 3)}")
-        for variant in VARIANTS:
+        for variant in variants:
             row = []
             for c in range(len(ds.classes)):
                 tr, val, ev = (idx[y[idx] != c] for idx in (sp["train"], sp["val"], sp[part]))
