@@ -39,6 +39,7 @@ from transferlab.data import load_dataset, make_splits
 from transferlab.inference.classify import preprocess
 from transferlab.models.catalog import create_backbone
 from transferlab.runtime.device import bf16_native
+from transferlab.train.novelty import distance_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -94,15 +95,16 @@ def _clipped_energy(percentile: float) -> Signal:
     return signal
 
 
-def _powered(x: np.ndarray, power: float) -> np.ndarray:
-    return x if power == 1.0 else np.sign(x) * np.abs(x) ** power
+def _distance_rows(x: np.ndarray, power: float) -> np.ndarray:
+    """The rows transferlab's distance compares (signed power, then unit length), as numpy."""
+    return distance_rows(torch.from_numpy(x), power).numpy()
 
 
 def _mahalanobis(power: float = 1.0) -> Signal:
     """The squared Mahalanobis distance to the nearest class mean, one shared Ledoit-Wolf covariance of
     the unit rows of the (powered) features (Lee et al. 2018)."""
     def signal(f, y, tr, rows):
-        a, b = unit_rows(_powered(f["pool"][tr], power)), unit_rows(_powered(f["pool"][rows], power))
+        a, b = _distance_rows(f["pool"][tr], power), _distance_rows(f["pool"][rows], power)
         classes = np.unique(y[tr])
         means = np.stack([a[y[tr] == c].mean(0) for c in classes])
         prec = LedoitWolf().fit(a - means[np.searchsorted(classes, y[tr])]).precision_
@@ -117,11 +119,11 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 def _knn(level: str, k: int = 1, standardise: bool = False, power: float = 1.0) -> Signal:
     def signal(f, y, tr, rows):
         a, b = f[level][tr], f[level][rows]
-        a, b = _powered(a, power), _powered(b, power)  # signed power normalisation, as train.novelty
-        if standardise:
+        if standardise:  # (only with power 1: the power comes after it here)
             sc = StandardScaler().fit(a)
-            a, b = sc.transform(a), sc.transform(b)
-        return 1.0 - np.sort(unit_rows(b) @ unit_rows(a).T, 1)[:, -k]
+            a, b = sc.transform(a).astype(np.float32), sc.transform(b).astype(np.float32)
+        a, b = _distance_rows(a, power), _distance_rows(b, power)  # the same rows as train.novelty's distance
+        return 1.0 - np.sort(b @ a.T, 1)[:, -k]
     return signal
 
 

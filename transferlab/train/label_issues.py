@@ -30,6 +30,7 @@ OUTLIER_MADS = 4.0
 PRUNING_ROUNDS = 3
 NEIGHBOURS = 10  # out-of-fold neighbour votes: this many nearest training-fold images
 NEIGHBOUR_SHARE = 0.5  # their weight in the probabilities confident learning reads (the rest: the probe's)
+BLOCK_ROWS = 1024  # held-out rows whose similarities are computed at once: memory stays bounded on large data
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ def neighbour_probabilities(features: np.ndarray, labels: np.ndarray,
     probs = np.zeros((len(labels), k))
     for train, held in folds:
         m = min(neighbours, len(train))
-        for s in range(0, len(held), 1024):  # a block of similarities at a time: memory stays bounded
-            rows = held[s:s + 1024]
+        for s in range(0, len(held), BLOCK_ROWS):
+            rows = held[s:s + BLOCK_ROWS]
             near = np.argpartition(-(unit[rows] @ unit[train].T), m - 1, axis=1)[:, :m]
             votes = labels[train][near]
             probs[rows] = np.stack([(votes == c).mean(1) for c in range(k)], 1)
