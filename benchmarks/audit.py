@@ -4,7 +4,7 @@ ants and bees slipped in, and what training on the audited data gives back.
     python benchmarks/audit.py [--data ../shared/datasets/flower_photos]
         [--others ../shared/datasets/hymenoptera] [--parts duplicates,labels,outliers,training,cost]
         [--seeds 3] [--flip 0.1] [--strategies probe,finetune] [--out runs/bench-audit]
-        [--draws 0,1,2] [--trained-on clean,flipped,audited,relabelled]
+        [--draws 0,1,2] [--trained-on clean,flipped,audited,relabelled] [--train-seeds 0,1]
 
 Parts:
 - duplicates: 40 images of each kind (exact copy, JPEG quality 60, resized to 0.5x, 10% cropped, mirrored),
@@ -20,7 +20,10 @@ Parts:
   flipped ones without the images the audit flags (label errors and outliers in train), and on the
   flipped ones with the flagged label errors given their suggested label, per draw (``--draws``
   and ``--trained-on`` pick some of them: a finetune run takes tens of minutes on a CPU), and the share
-  of the accuracy the flips cost that the audit gives back.
+  of the accuracy the flips cost that the audit gives back. ``--train-seeds`` trains each of them with
+  several training seeds (the draw fixes the labels, the training seed the initialisation and the
+  order): a finetune run's test accuracy moves by a point or more with its seed alone, as much as
+  the flips cost, so one seed per draw cannot tell the audit's effect from that noise.
 - cost: the audit of the clean set once its features are cached (what it costs after a compare).
 
 Printed: a JSON row per measurement, then the tables; and what kind of CPU (native bf16 or not).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import shutil
 import sys
@@ -227,6 +231,7 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
     results = []
     draws = {int(d) for d in args.draws.split(",")} if args.draws else {r["seed"] for r in label_rows}
     kinds = args.trained_on.split(",")
+    train_seeds = [int(s) for s in args.train_seeds.split(",")]
     for r in (r for r in label_rows if r["seed"] in draws):
         noisy = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=r["labels"]))
         cleaned = dataclasses.replace(noisy, splits={**noisy.splits,
@@ -234,14 +239,17 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
         relabelled = r["labels"].copy()
         relabelled[r["suggested"][:, 0]] = r["suggested"][:, 1]
         fixed = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=relabelled))
-        for strategy in args.strategies.split(","):
+        for strategy, seed in itertools.product(args.strategies.split(","), train_seeds):
             for name, data in (("clean", prep), ("flipped", noisy), ("audited", cleaned), ("relabelled", fixed)):
                 if name not in kinds:
                     continue
-                if name == "clean" and any(x["strategy"] == strategy and x["data"] == "clean" for x in results):
+                if name == "clean" and any(x["strategy"] == strategy and x["data"] == "clean"
+                                           and x["seed"] == seed for x in results):
                     continue  # the clean labels are the same in every draw
-                res = train_one(data, config, strategy, 0, out / f"{strategy}-{name}-{r['seed']}", quiet=True)
-                row = {"part": "training", "strategy": strategy, "data": name, "draw": r["seed"],
+                # Seed 0 keeps the folder name it had before --train-seeds, so earlier runs resume.
+                folder = f"{strategy}-{name}-{r['seed']}" + (f"-seed{seed}" if seed else "")
+                res = train_one(data, config, strategy, seed, out / folder, quiet=True)
+                row = {"part": "training", "strategy": strategy, "data": name, "draw": r["seed"], "seed": seed,
                        "test_acc": round(res.test_acc, 4), "train_images": int(len(data.splits["train"]))}
                 results.append(row)
                 print(json.dumps(row), flush=True)
@@ -259,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/bench-audit")
     p.add_argument("--draws", default="", help="the draws of flips to train on (default: every draw)")
     p.add_argument("--trained-on", default="clean,flipped,audited,relabelled")
+    p.add_argument("--train-seeds", default="0", help="training seeds of every run (default: 0)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     config = TrainConfig()
@@ -287,14 +296,16 @@ def main(argv: list[str] | None = None) -> None:
                 m, ci = mean_ci(accs)
                 line.append(f"{name} {m:.1%} +- {ci:.1%} (n={len(accs)})")
             print(f"{strategy}: " + ", ".join(line), flush=True)
-            clean = [r["test_acc"] for r in rows if r["strategy"] == strategy and r["data"] == "clean"]
-            for d in sorted({r["draw"] for r in rows}):
-                acc = {r["data"]: r["test_acc"] for r in rows if r["strategy"] == strategy and r["draw"] == d}
-                if clean and {"flipped", "audited"} <= acc.keys() and clean[0] > acc["flipped"]:
-                    share = (acc["audited"] - acc["flipped"]) / (clean[0] - acc["flipped"])
-                    cost = clean[0] - acc["flipped"]
-                    print(f"{strategy}, draw {d}: the audit gives back {share:.0%} of the {cost:.1%} the flips cost",
-                          flush=True)
+            for seed in sorted({r["seed"] for r in rows}):
+                mine = [r for r in rows if r["strategy"] == strategy and r["seed"] == seed]
+                clean = [r["test_acc"] for r in mine if r["data"] == "clean"]
+                for d in sorted({r["draw"] for r in mine}):
+                    acc = {r["data"]: r["test_acc"] for r in mine if r["draw"] == d}
+                    if clean and {"flipped", "audited"} <= acc.keys() and clean[0] > acc["flipped"]:
+                        share = (acc["audited"] - acc["flipped"]) / (clean[0] - acc["flipped"])
+                        cost = clean[0] - acc["flipped"]
+                        print(f"{strategy}, draw {d}, seed {seed}: the audit gives back {share:.0%} of the "
+                              f"{cost:.1%} the flips cost", flush=True)
     if "cost" in parts:
         ds = load_dataset(args.data)
         prep = prepare(ds, make_splits(ds), config, quiet=True)

@@ -18,6 +18,7 @@ from transferlab.data.duplicates import find_duplicates
 from transferlab.experiments.audit import audit_prepared
 from transferlab.train import TrainConfig, prepare
 from transferlab.train.config import ModelConfig
+from transferlab.train.novelty import fit_rule
 
 TINY = ["--backbone", "test_tiny"]
 
@@ -215,6 +216,24 @@ def test_a_digit_of_a_class_never_trained_on_is_unknown(tmp_path, capsys):
     # --reject-target 0 always answers a class.
     assert main(["predict", str(run), str(strangers), "--json", "--reject-target", "0"]) == 0
     assert not [r for r in json.loads(capsys.readouterr().out) if r["label"] == "unknown"]
+
+
+def test_a_model_right_on_every_validation_image_still_refuses_the_strangest_inputs():
+    # 49 validation images, all right (hymenoptera's probe): the precision target alone would accept
+    # every score up to validation's strangest image, and so nearly every image unlike the training ones.
+    rng = np.random.default_rng(0)
+    y = np.arange(49) % 2
+    probs = np.full((49, 2), 0.02)
+    probs[np.arange(49), y] = 0.98
+    distance = rng.gamma(2.0, 0.05, 49)
+    distance[0] = 0.9  # one validation image far from the training ones
+    rule = fit_rule(probs, y, distance)
+    accepted = np.array(rule.val_scores) <= rule.threshold
+    assert rule.reachable and 0.9 <= accepted.mean() <= 0.95
+    stranger = np.quantile(distance, 0.97)
+    assert rule.score(probs[:1], np.array([stranger]))[0] > rule.threshold
+    # A target of 0 never refuses, in the API as on the command line.
+    assert rule.with_target(0).threshold == float("inf")
 
 
 def test_a_csv_listing_a_file_twice_or_under_two_labels_is_caught(tmp_path):

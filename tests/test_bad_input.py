@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import struct
@@ -235,6 +236,21 @@ def test_a_decompression_bomb_given_to_predict_is_a_clear_error(trained, tmp_pat
     assert main(["predict", str(out), str(bomb)]) == 2
     msg = error_of(capsys)
     assert "bomb.png" in msg and "too large" in msg
+
+
+def test_predict_on_a_folder_skips_a_corrupt_image_and_names_it(trained, tmp_path, capsys):
+    data, out = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = [shutil.copy(p, folder) for p in sorted((data / "class_0").iterdir())[:2]]
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    assert main(["predict", str(out), str(folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(r["file"] for r in json.loads(captured.out)) == sorted(map(str, good))
+    assert "skipped" in captured.err and "broken.jpg" in captured.err and "not a readable image" in captured.err
+    # Named on the command line, the same file is an error: the user asked for it.
+    assert main(["predict", str(out), str(folder / "broken.jpg")]) == 2
+    assert "broken.jpg" in error_of(capsys)
 
 
 def test_a_long_thin_strip_is_cached_without_enlarging_all_of_it():

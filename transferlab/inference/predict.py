@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from ..core.errors import DataError
 from ..core.layout import RunFolder
 from ..core.records import read_record
+from ..data.datasets import DataWarning
 from ..data.images import IMAGE_EXTENSIONS
 from ..runtime.bnfold import fold_for_inference
 from ..train.calibration import Calibration, scale
@@ -22,15 +24,20 @@ from .saved import ensemble_members, find_model_dir, load_model, redo_hint
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     """Files as given, and the image files inside folders (sorted, recursive)."""
-    files: list[Path] = []
+    return [f for f, _ in _inputs(inputs)]
+
+
+def _inputs(inputs: list[str | Path]) -> list[tuple[Path, bool]]:
+    """``expand_inputs`` with, for each file, whether it was found by searching a folder."""
+    files: list[tuple[Path, bool]] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise DataError(f"{item} holds no image files")
-            files += found
+            files += [(f, True) for f in found]
         elif item.is_file():
-            files.append(item)
+            files.append((item, False))
         else:
             raise DataError(f"{item} does not exist")
     return files
@@ -109,8 +116,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
     score is above the threshold that gives ``reject_target`` precision on validation (None or 0: never);
     ``nearest`` is then the most probable class."""
     predictor = Predictor(run_dir, strategy, batch_size)
-    files = expand_inputs(inputs)
-    probs, scores, threshold = predictor.unknown_scores(files, reject_target or None)
+    files, probs, scores, threshold = _readable_scores(predictor, _inputs(inputs), reject_target or None)
     classes = predictor.classes
     results = []
     for f, p, score in zip(files, probs, scores):
@@ -121,3 +127,31 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
                         "nearest": top[0][0], "unknown_score": round(float(score), 4),
                         "threshold": round(threshold, 4) if np.isfinite(threshold) else None})
     return results
+
+
+def _readable_scores(predictor: Predictor, inputs: list[tuple[Path, bool]], target: float | None
+                     ) -> tuple[list[Path], np.ndarray, np.ndarray, float]:
+    """``Predictor.unknown_scores`` of the files; an unreadable file found in a folder is skipped with a
+    warning that names it (one corrupt photo should not stop a folder of thousands), a named one is an
+    error. Returns the files scored, their probabilities and scores, and the threshold."""
+    files = [f for f, _ in inputs]
+    try:
+        probs, scores, threshold = predictor.unknown_scores(files, target)
+        return files, probs, scores, threshold
+    except DataError:
+        pass  # some file is unreadable: score them one by one to find which
+    kept, rows = [], []
+    for f, searched in inputs:
+        try:
+            p, u, threshold = predictor.unknown_scores([f], target)
+        except DataError as exc:
+            if not searched:
+                raise
+            reason = str(exc).removeprefix(f"{f} is ").removeprefix(f"{f} ")
+            warnings.warn(f"skipped {f}: {reason}", DataWarning, stacklevel=3)
+            continue
+        kept.append(f)
+        rows.append((p, u))
+    if not kept:
+        raise DataError("none of the images could be read (see the files skipped above)")
+    return kept, np.concatenate([p for p, _ in rows]), np.concatenate([u for _, u in rows]), threshold
