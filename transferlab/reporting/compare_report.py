@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix
 from ..core.layout import ResultsFolder, RunFolder
 from ..models.saved import rebuild_model
 from ..train.calibration import reliability, scale
-from ..train.novelty import UnknownRule, risk_coverage
+from ..train.novelty import MAX_ACCEPTED, UnknownRule, risk_coverage
 from ..train.scores import accuracy_interval
 from .curves import EARLY_EPOCHS, SCRATCH, curve, read_history, transfer_benefits
 from .explain import gradcam, plot_gradcam
@@ -229,7 +229,8 @@ def _unknown(out: Path, metrics: dict, plots: Path) -> Section | None:
         "space" if rule.distance_mean is not None else "the calibrated confidence"
     text = (f"predict answers 'unknown' when an image's score ({signals}, each standardised on validation) is above "
             f"the threshold at which the accepted validation images are right {rule.target:.0%} of the time"
-            f"{'' if rule.reachable else ' (not reachable on validation: the most precise threshold is used)'}. "
+            f"{'' if rule.reachable else ' (not reachable on validation: the most precise threshold is used)'}, "
+            f"accepting at most {MAX_ACCEPTED:.0%} of them. "
             f"On the test split it refuses {1 - at[0]:.1%} of the images, and is right on {at[1]:.1%} of the rest "
             f"(against {right.mean():.1%} on all). --reject-target sets another precision; 0 turns it off.")
     rows = [["", "images accepted", "accuracy among accepted"], ["all test images", "100%", _pct(right.mean())],

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.io import write_json, write_text
 from ..core.layout import ResultsFolder, RunFolder
+from ..train.novelty import MAX_ACCEPTED
 from ..train.scores import accuracy_interval
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
@@ -142,7 +143,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         u = card["unknown_inputs"]
         lines += ["", "## Unknown inputs", f"- 'unknown' above score {u['threshold']:.3g}, chosen for "
                   f"{_pct(u['target_precision'])} precision among accepted validation images"
-                  + ("" if u["reachable_on_validation"] else " (not reached on validation)")]
+                  + ("" if u["reachable_on_validation"] else " (not reached on validation)")
+                  + f", accepting at most {_pct(MAX_ACCEPTED)} of them"]
     lines += ["", "## Limitations", *[f"- {x[0].upper() + x[1:]}" for x in card["limitations"]], "",
               "## Reproduce", f"- made by: `{card['reproduce']['command']}`"]
     if card["reproduce"]["rerun"]:
