@@ -52,8 +52,12 @@ def test_every_listed_backbone_is_accepted(capsys):
 
 
 def test_every_listed_strategy_is_accepted(capsys):
-    names = _listed(capsys, "strategies")
+    assert main(["strategies", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = [row["name"] for row in rows]
     assert {"scratch", "features", "probe", "finetune", "chain-thaw", "gradual"} <= set(names)
+    # What each does is a whole sentence (a docstring's first paragraph, not its first line).
+    assert all(row["description"].endswith(".") and "\n" not in row["description"] for row in rows)
     groups = backbone_spec("efficientnet_lite0").groups
     for name in names:
         assert build_parser().parse_args(["train", "--data", "digits", "--strategy", name]).strategy == name

@@ -222,7 +222,8 @@ def features(groups: list[str], config: TrainConfig) -> Strategy:
 
 @STRATEGIES.register("probe")
 def probe(groups: list[str], config: TrainConfig) -> Strategy:
-    """Off-the-shelf features + a scikit-learn linear model, regularisation chosen by CV."""
+    """Off-the-shelf features + a multinomial logistic regression (or --probe-model svm), its
+    regularisation chosen on validation."""
     phase = Phase("probe", (HEAD,), Probe(model=config.head.probe_model))
     return Strategy("probe", pretrained=True, phases=[phase], linear_head=True)
 
@@ -345,5 +346,5 @@ def list_strategies() -> list[str]:
 
 
 def describe_strategy(name: str) -> str:
-    """The first line of the strategy's docstring."""
-    return (STRATEGIES.get(name).__doc__ or "").strip().splitlines()[0]
+    """The first paragraph of the strategy's docstring, on one line."""
+    return " ".join((STRATEGIES.get(name).__doc__ or "").strip().split("\n\n")[0].split())
