@@ -172,3 +172,13 @@ def test_no_module_imports_from_a_layer_above_its_own():
         own = LAYERS.index(rel[0])
         above = {layer for layer in _imported_layers(path) if layer in LAYERS and LAYERS.index(layer) > own}
         assert not above, f"{path.relative_to(PACKAGE)} imports from {above}"
+
+
+def test_every_section_of_the_settings_is_importable_from_the_package():
+    import dataclasses
+
+    import transferlab
+
+    sections = {type(getattr(transferlab.TrainConfig(), f.name)) for f in dataclasses.fields(transferlab.TrainConfig)}
+    assert {s.__name__ for s in sections} <= set(transferlab.__all__)
+    assert all(getattr(transferlab, s.__name__) is s for s in sections)

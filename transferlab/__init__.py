@@ -21,6 +21,7 @@ from .train import (
     ModelConfig,
     RuntimeConfig,
     ScratchConfig,
+    SemiConfig,
     TrainConfig,
     list_strategies,
     train_one,
@@ -30,7 +31,7 @@ from .train.features import FeatureExtractor
 __all__ = [
     "Backbone", "BackboneError", "BackboneSpec", "CompareConfig", "DataConfig", "DataError", "FeatureExtractor",
     "ImageDataset", "LayerGroup", "ModelConfig", "RuntimeConfig", "BudgetConfig", "TrainConfig", "AugmentConfig",
-    "BatchNormPolicy", "BodyConfig", "HeadConfig", "ImbalanceConfig", "ScratchConfig",
+    "BatchNormPolicy", "BodyConfig", "HeadConfig", "ImbalanceConfig", "ScratchConfig", "SemiConfig",
     "TransferClassifier", "TransferlabError", "allow_large_images", "backbone_spec", "compare", "create_backbone",
     "list_backbones", "list_strategies", "load_dataset", "make_splits", "per_class_subset", "train_one",
     "tune_allocator",

@@ -12,6 +12,7 @@ from .config import (
     ModelConfig,
     RuntimeConfig,
     ScratchConfig,
+    SemiConfig,
     TrainConfig,
 )
 from .run import Prepared, RunResult, prepare, train_one
@@ -19,4 +20,5 @@ from .strategies import Gradient, Phase, Probe, Strategy, build_strategy, list_s
 
 __all__ = ["AugmentConfig", "BatchNormPolicy", "BodyConfig", "BudgetConfig", "DataConfig", "Gradient", "HeadConfig",
            "ImbalanceConfig", "ModelConfig", "Phase", "Prepared", "Probe", "RunResult", "RuntimeConfig",
-           "ScratchConfig", "Strategy", "TrainConfig", "build_strategy", "list_strategies", "prepare", "train_one"]
+           "ScratchConfig", "SemiConfig", "Strategy", "TrainConfig", "build_strategy", "list_strategies", "prepare",
+           "train_one"]
