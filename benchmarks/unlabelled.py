@@ -60,7 +60,7 @@ from transferlab.models import TransferModel, create_backbone
 from transferlab.runtime.device import bf16_native
 from transferlab.train import TrainConfig, engine, prepare, train_one
 from transferlab.train import strategies as recipes
-from transferlab.train.acquisition import choose_to_label, margins
+from transferlab.train.acquisition import _spread_over_classes, choose_to_label, margins
 from transferlab.train.calibration import fit_temperature
 from transferlab.train.config import SemiConfig
 from transferlab.train.features import FeatureStore, ImageSource
@@ -147,8 +147,40 @@ def _badge(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, 
     return np.array(picked, dtype=np.int64)
 
 
+def _kcenter_order(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int) -> list[int]:
+    """k-center greedy weighted by uncertainty: each time the pool image farthest (cosine) from the
+    labelled and picked ones, the distance times one minus the margin."""
+    x, done = unit_rows(rest_feats), unit_rows(chosen_feats)
+    nearest = (1.0 - x @ done.T).min(1) if len(done) else np.ones(len(x))
+    unsure = 1.0 - margins(probs)
+    picked: list[int] = []
+    while len(picked) < min(count, len(x)):
+        gain = nearest * unsure
+        gain[picked] = -1
+        picked.append(int(np.argmax(gain)))
+        nearest = np.minimum(nearest, 1.0 - x @ x[picked[-1]])
+    return picked
+
+
+def _kcenter(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int, seed: int,
+             chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: k-center greedy (Sener & Savarese 2018, the core set) with each distance weighted by
+    the uncertainty, as the issue first sketched it."""
+    return np.array(_kcenter_order(rest_feats, probs, chosen_feats, count), dtype=np.int64)
+
+
+def _kcenter_spread(rest_feats: np.ndarray, probs: np.ndarray, chosen_feats: np.ndarray, count: int, seed: int,
+                    chosen_labels: np.ndarray) -> np.ndarray:
+    """Reference: three times as many k-center candidates, then spread over the predicted classes as
+    ``suggest`` spreads its own."""
+    candidates = _kcenter_order(rest_feats, probs, chosen_feats, 3 * count)
+    return np.array(_spread_over_classes(candidates, probs.argmax(1), chosen_labels, probs.shape[1], count),
+                    dtype=np.int64)
+
+
 SUGGEST_METHODS = {"suggest": choose_to_label, "unspread": _unspread, "margin": _least_margin,
-                   "typicality": _typicality_only, "probcover": _probcover, "badge": _badge}
+                   "typicality": _typicality_only, "probcover": _probcover, "badge": _badge,
+                   "kcenter": _kcenter, "kcenter-spread": _kcenter_spread}
 
 
 def _self_train_finetune(groups: list[str], config: TrainConfig) -> recipes.Strategy:
@@ -203,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                         "or none)")
     p.add_argument("--suggest", action="store_true", help="also the active-learning study")
     p.add_argument("--suggest-references", default="none",
-                   help="also these pickers in the study: unspread, margin, typicality, probcover, badge "
+                   help="also these pickers in the study: unspread, margin, typicality, probcover, badge, kcenter, "
+                        "kcenter-spread "
                         "(comma-separated, or none)")
     p.add_argument("--record", help="append every row to this JSONL file")
     p.add_argument("--out", default="runs/bench-unlabelled")
