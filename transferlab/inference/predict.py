@@ -22,13 +22,9 @@ from .classify import preprocess
 from .saved import ensemble_members, find_model_dir, load_model, redo_hint
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside folders (sorted, recursive)."""
-    return [f for f, _ in _inputs(inputs)]
-
-
-def _inputs(inputs: list[str | Path]) -> list[tuple[Path, bool]]:
-    """``expand_inputs`` with, for each file, whether it was found by searching a folder."""
+def expand_inputs(inputs: list[str | Path]) -> list[tuple[Path, bool]]:
+    """Files as given, and the image files inside folders (sorted, recursive), each with whether it
+    was found by searching a folder."""
     files: list[tuple[Path, bool]] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -116,7 +112,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
     score is above the threshold that gives ``reject_target`` precision on validation (None or 0: never);
     ``nearest`` is then the most probable class."""
     predictor = Predictor(run_dir, strategy, batch_size)
-    files, probs, scores, threshold = _readable_scores(predictor, _inputs(inputs), reject_target or None)
+    files, probs, scores, threshold = _readable_scores(predictor, expand_inputs(inputs), reject_target or None)
     classes = predictor.classes
     results = []
     for f, p, score in zip(files, probs, scores):
