@@ -127,27 +127,32 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 1, strat
 
 def _readable_scores(predictor: Predictor, inputs: list[tuple[Path, bool]], target: float | None
                      ) -> tuple[list[Path], np.ndarray, np.ndarray, float]:
-    """``Predictor.unknown_scores`` of the files; an unreadable file found in a folder is skipped with a
-    warning that names it (one corrupt photo should not stop a folder of thousands), a named one is an
-    error. Returns the files scored, their probabilities and scores, and the threshold."""
-    files = [f for f, _ in inputs]
-    try:
-        probs, scores, threshold = predictor.unknown_scores(files, target)
-        return files, probs, scores, threshold
-    except DataError:
-        pass  # some file is unreadable: score them one by one to find which
-    kept, rows = [], []
-    for f, searched in inputs:
+    """``Predictor.unknown_scores`` of the files, a batch at a time; an unreadable file found in a folder
+    is skipped with a warning that names it (one corrupt photo should not stop a folder of thousands), a
+    named one is an error. Returns the files scored, their probabilities and scores, and the threshold."""
+    kept: list[Path] = []
+    probs, scores, threshold = [], [], float("inf")
+    for s in range(0, len(inputs), predictor.batch_size):
+        chunk = inputs[s:s + predictor.batch_size]
         try:
-            p, u, threshold = predictor.unknown_scores([f], target)
-        except DataError as exc:
-            if not searched:
-                raise
-            reason = str(exc).removeprefix(f"{f} is ").removeprefix(f"{f} ")
-            warnings.warn(f"skipped {f}: {reason}", DataWarning, stacklevel=3)
+            p, u, threshold = predictor.unknown_scores([f for f, _ in chunk], target)
+            kept += [f for f, _ in chunk]
+            probs.append(p)
+            scores.append(u)
             continue
-        kept.append(f)
-        rows.append((p, u))
+        except DataError:
+            pass  # some file of this batch is unreadable: score its files one by one to find which
+        for f, searched in chunk:
+            try:
+                p, u, threshold = predictor.unknown_scores([f], target)
+            except DataError as exc:
+                if not searched:
+                    raise
+                warnings.warn(f"skipped: {exc}", DataWarning, stacklevel=3)
+                continue
+            kept.append(f)
+            probs.append(p)
+            scores.append(u)
     if not kept:
         raise DataError("none of the images could be read (see the files skipped above)")
-    return kept, np.concatenate([p for p, _ in rows]), np.concatenate([u for _, u in rows]), threshold
+    return kept, np.concatenate(probs), np.concatenate(scores), threshold
