@@ -364,3 +364,10 @@ def test_help_shows_the_sections_with_the_beginners_options_first():
     assert [t for t in titles if t in sections] == sections
     assert np.all([len(g._group_actions) <= 15 for g in compare_parser._action_groups])
     assert {f.name for f, _, _ in leaf_fields(TrainConfig)} == {f.name for s in SECTIONS for f, _, _ in leaf_fields(s)}
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    silent = [f"{name} {action.option_strings[0]}" for name, parser in commands.items() for action in parser._actions
+              if action.option_strings and action.dest != "help" and not action.help]
+    assert silent == []

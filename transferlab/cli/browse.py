@@ -27,7 +27,7 @@ from ..models.catalog import backbone_info, backbone_spec, list_backbones
 from ..train.config import AugmentConfig, BudgetConfig, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ..train.strategies import describe_strategy, list_strategies
 from .common import default_out, out
-from .options import add_config_options, add_output_options, config_from_args, number
+from .options import add_config_options, add_json_option, add_output_options, config_from_args, number
 
 WEIGHTS_SHOWN = {"offline": "yes", "download": "no (download)", "none": "none (random init only)"}
 
@@ -185,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="inspect a dataset: classes, counts, splits, skipped files")
     d.add_argument("source", metavar="DATA", help="digits, digits:N, flowers17[:k], or a folder")
     add_config_options(d, DataConfig, skip=("source",))
-    d.add_argument("--json", action="store_true")
+    add_json_option(d, "the summary")
     d.set_defaults(handler=run_data, subparser=d)
 
     a = sub.add_parser("audit", help="find duplicates and leaks across splits, likely label errors, outliers and "
@@ -195,12 +195,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(a, ModelConfig)
     add_config_options(a, AugmentConfig, only=("views",))
     add_config_options(a, RuntimeConfig, only=("device", "fp32"))
-    a.add_argument("--json", action="store_true")
+    add_json_option(a, "the findings")
     add_output_options(a, "folder of audit.csv and audit.html (default runs/<data>-audit)")
     a.set_defaults(handler=run_audit, subparser=a)
 
     b = sub.add_parser("backbones", help="list backbones with their metadata; --benchmark times them here")
-    b.add_argument("--json", action="store_true")
+    add_json_option(b, "the backbones")
     b.add_argument("--benchmark", action="store_true", help="measure latency and throughput on this machine")
     add_config_options(b, BenchmarkConfig)
     # --data is optional here: with it, the probe's accuracy is measured for every offline backbone.
@@ -211,12 +211,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(handler=run_backbones, subparser=b)
 
     s = sub.add_parser("strategies", help="list the strategies and what each does")
-    s.add_argument("--json", action="store_true")
+    add_json_option(s, "the strategies")
     s.set_defaults(handler=run_strategies, subparser=s)
 
     c = sub.add_parser("classify", help="ImageNet top-k with a backbone's pretrained head")
     c.add_argument("images", nargs="+")
-    c.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    c.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"whose ImageNet head answers (see transferlab backbones; default: {DEFAULT_BACKBONE})")
     c.add_argument("--top-k", type=number(int, 1), default=5, help="labels per image (default: 5)")
-    c.add_argument("--json", action="store_true")
+    add_json_option(c, "the labels")
     c.set_defaults(handler=run_classify, subparser=c)

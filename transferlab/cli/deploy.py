@@ -11,7 +11,7 @@ from ..inference.export import export_model
 from ..inference.predict import predict
 from ..train.novelty import DEFAULT_TARGET
 from .common import out
-from .options import number
+from .options import add_json_option, number
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="answer 'unknown' for images whose unknown-input score is above the threshold at which the "
                         "accepted validation images reach this precision; 0: always answer a class "
                         f"(default: {DEFAULT_TARGET})")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p, "each answer (with its unknown-input score, threshold and nearest class)")
     p.set_defaults(handler=run_predict, subparser=p)
 
     g = sub.add_parser("suggest", help="the unlabelled images to label next (a CSV to fill in and a contact sheet)")
@@ -98,7 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (with a parity check)")
     e.add_argument("run_dir")
-    e.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    e.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                   help="onnx (for onnxruntime) or torchscript (loads in PyTorch or libtorch without "
+                        "transferlab; default: onnx)")
     e.add_argument("--out", help="file to write (default: beside the model)")
     e.add_argument("--strategy", help="export this strategy's model instead of the winner")
     e.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (static quantization calibrated "

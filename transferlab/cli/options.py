@@ -111,6 +111,11 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return from_flat(cls, vars(args))
 
 
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: ``what`` printed as one JSON document on stdout instead of the text for people."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of text")
+
+
 def add_output_options(parser: argparse.ArgumentParser, out_help: str, resume: bool = False,
                        out_default: str | None = None) -> None:
     """``--out`` and ``--quiet`` (and ``--resume``), the same on every command that writes results."""

@@ -110,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=run_compare, subparser=c)
 
     t = sub.add_parser("train", help="train one strategy (one seed by default)")
-    t.add_argument("--strategy", default="finetune", choices=list_strategies())
+    t.add_argument("--strategy", default="finetune", choices=list_strategies(),
+                   help="the strategy to train (see transferlab strategies; default: finetune)")
     _add_run_options(t, skip=("strategies",))
     add_output_options(t, "results directory (default runs/<data>-<strategy>)", resume=True)
     t.set_defaults(handler=run_train, subparser=t)
