@@ -4,7 +4,7 @@ ants and bees slipped in, and what training on the audited data gives back.
     python benchmarks/audit.py [--data ../shared/datasets/flower_photos]
         [--others ../shared/datasets/hymenoptera] [--parts duplicates,labels,outliers,training,cost]
         [--seeds 3] [--flip 0.1] [--strategies probe,finetune] [--out runs/bench-audit]
-        [--draws 0,1,2] [--trained-on clean,flipped,audited,relabelled] [--train-seeds 0,1]
+        [--draws 0,1,2] [--trained-on clean,flipped,audited,relabelled,oracle] [--train-seeds 0,1]
 
 Parts:
 - duplicates: 40 images of each kind (exact copy, JPEG quality 60, resized to 0.5x, 10% cropped, mirrored),
@@ -17,8 +17,9 @@ Parts:
 - outliers: 20 hymenoptera photos added to train under random flower labels; how many are flagged as
   outliers, and how many of the flower photos are.
 - training: test accuracy of each strategy trained on the clean labels, on the flipped ones, on the
-  flipped ones without the images the audit flags (label errors and outliers in train), and on the
-  flipped ones with the flagged label errors given their suggested label, per draw (``--draws``
+  flipped ones without the training images the audit flags as label errors, and on the
+  flipped ones with the flagged label errors given their suggested label, on the flipped ones without
+  the flipped images (``oracle``: the most an audit could give back; not in the default), per draw (``--draws``
   and ``--trained-on`` pick some of them: a finetune run takes tens of minutes on a CPU), and the share
   of the accuracy the flips cost that the audit gives back. ``--train-seeds`` trains each of them with
   several training seeds (the draw fixes the labels, the training seed the initialisation and the
@@ -236,11 +237,15 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
         noisy = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=r["labels"]))
         cleaned = dataclasses.replace(noisy, splits={**noisy.splits,
                                                      "train": np.setdiff1d(noisy.splits["train"], r["flagged"])})
+        # The flips themselves left out: the most any audit could give back.
+        oracle = dataclasses.replace(noisy, splits={**noisy.splits,
+                                                    "train": np.setdiff1d(noisy.splits["train"], r["flips_idx"])})
         relabelled = r["labels"].copy()
         relabelled[r["suggested"][:, 0]] = r["suggested"][:, 1]
         fixed = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=relabelled))
         for strategy, seed in itertools.product(args.strategies.split(","), train_seeds):
-            for name, data in (("clean", prep), ("flipped", noisy), ("audited", cleaned), ("relabelled", fixed)):
+            for name, data in (("clean", prep), ("flipped", noisy), ("audited", cleaned), ("relabelled", fixed),
+                               ("oracle", oracle)):
                 if name not in kinds:
                     continue
                 if name == "clean" and any(x["strategy"] == strategy and x["data"] == "clean"
@@ -248,7 +253,7 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
                     continue  # the clean labels are the same in every draw
                 # Seed 0 keeps the folder name it had before --train-seeds, so earlier runs resume.
                 folder = f"{strategy}-{name}-{r['seed']}" + (f"-seed{seed}" if seed else "")
-                res = train_one(data, config, strategy, seed, out / folder, quiet=True)
+                res = train_one(data, config, strategy, seed, out / folder, resume=True, quiet=True)
                 row = {"part": "training", "strategy": strategy, "data": name, "draw": r["seed"], "seed": seed,
                        "test_acc": round(res.test_acc, 4), "train_images": int(len(data.splits["train"]))}
                 results.append(row)
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = training_part(args, config, label_rows, out)
         for strategy in args.strategies.split(","):
             line = []
-            for name in ("clean", "flipped", "audited", "relabelled"):
+            for name in ("clean", "flipped", "audited", "relabelled", "oracle"):
                 accs = [r["test_acc"] for r in rows if r["strategy"] == strategy and r["data"] == name]
                 if not accs:  # not trained on (--trained-on)
                     continue
@@ -301,11 +306,12 @@ def main(argv: list[str] | None = None) -> None:
                 clean = [r["test_acc"] for r in mine if r["data"] == "clean"]
                 for d in sorted({r["draw"] for r in mine}):
                     acc = {r["data"]: r["test_acc"] for r in mine if r["draw"] == d}
-                    if clean and {"flipped", "audited"} <= acc.keys() and clean[0] > acc["flipped"]:
-                        share = (acc["audited"] - acc["flipped"]) / (clean[0] - acc["flipped"])
-                        cost = clean[0] - acc["flipped"]
-                        print(f"{strategy}, draw {d}, seed {seed}: the audit gives back {share:.0%} of the "
-                              f"{cost:.1%} the flips cost", flush=True)
+                    for name in ("audited", "oracle"):
+                        if clean and {"flipped", name} <= acc.keys() and clean[0] > acc["flipped"]:
+                            share = (acc[name] - acc["flipped"]) / (clean[0] - acc["flipped"])
+                            cost = clean[0] - acc["flipped"]
+                            print(f"{strategy}, draw {d}, seed {seed}: {name} gives back {share:.0%} of the "
+                                  f"{cost:.1%} the flips cost", flush=True)
     if "cost" in parts:
         ds = load_dataset(args.data)
         prep = prepare(ds, make_splits(ds), config, quiet=True)
