@@ -226,6 +226,11 @@ def _grid(path: Path, prep, indices: list[int], side: int = 125) -> None:
     canvas.save(path)
 
 
+def _without_in_train(prep, rows: np.ndarray):
+    """``prep`` with the images ``rows`` left out of its training split (validation and test unchanged)."""
+    return dataclasses.replace(prep, splits={**prep.splits, "train": np.setdiff1d(prep.splits["train"], rows)})
+
+
 def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) -> list[dict]:
     ds = load_dataset(args.data)
     prep = prepare(ds, make_splits(ds), config, quiet=True)
@@ -235,11 +240,8 @@ def training_part(args, config: TrainConfig, label_rows: list[dict], out: Path) 
     train_seeds = [int(s) for s in args.train_seeds.split(",")]
     for r in (r for r in label_rows if r["seed"] in draws):
         noisy = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=r["labels"]))
-        cleaned = dataclasses.replace(noisy, splits={**noisy.splits,
-                                                     "train": np.setdiff1d(noisy.splits["train"], r["flagged"])})
-        # The flips themselves left out: the most any audit could give back.
-        oracle = dataclasses.replace(noisy, splits={**noisy.splits,
-                                                    "train": np.setdiff1d(noisy.splits["train"], r["flips_idx"])})
+        cleaned = _without_in_train(noisy, r["flagged"])
+        oracle = _without_in_train(noisy, r["flips_idx"])  # the flips left out: the most any audit gives back
         relabelled = r["labels"].copy()
         relabelled[r["suggested"][:, 0]] = r["suggested"][:, 1]
         fixed = dataclasses.replace(prep, dataset=dataclasses.replace(ds, labels=relabelled))
@@ -306,10 +308,12 @@ def main(argv: list[str] | None = None) -> None:
                 clean = [r["test_acc"] for r in mine if r["data"] == "clean"]
                 for d in sorted({r["draw"] for r in mine}):
                     acc = {r["data"]: r["test_acc"] for r in mine if r["draw"] == d}
+                    if not clean or "flipped" not in acc or clean[0] <= acc["flipped"]:
+                        continue
+                    cost = clean[0] - acc["flipped"]
                     for name in ("audited", "oracle"):
-                        if clean and {"flipped", name} <= acc.keys() and clean[0] > acc["flipped"]:
-                            share = (acc[name] - acc["flipped"]) / (clean[0] - acc["flipped"])
-                            cost = clean[0] - acc["flipped"]
+                        if name in acc:
+                            share = (acc[name] - acc["flipped"]) / cost
                             print(f"{strategy}, draw {d}, seed {seed}: {name} gives back {share:.0%} of the "
                                   f"{cost:.1%} the flips cost", flush=True)
     if "cost" in parts:
